@@ -1,0 +1,3 @@
+from jax_impl.core.ssm import SSM
+
+__all__ = ["SSM"]

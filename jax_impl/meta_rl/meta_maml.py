@@ -1,0 +1,185 @@
+"""MetaMAML in JAX: the same constructor, methods and semantics as ``torch_impl/meta_rl/meta_maml.py``.
+
+The inner loop is a pure ``params -> params`` function, the meta-gradient is ``jax.grad`` of it,
+first order is ``lax.stop_gradient`` on the inner gradients, tasks are ``vmap``ped as a stacked
+batch, and the whole meta-step (meta-gradient plus ``optax.adam``) is one ``jit``-compiled call.
+Parameters are the model's ``nnx.Param`` variables; any other variable (buffers, frozen
+weights) is passed through unchanged, like torch buffers and ``requires_grad=False``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jax_impl.core.ssm import check_finite
+from shared.config import MetaConfig
+from shared.validation import check_tasks
+
+Params = nnx.State
+LossFn = Callable[[Any, Any], jax.Array]
+
+
+def mse(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean squared error, the default MetaMAML loss."""
+    return jnp.mean((outputs - labels) ** 2)
+
+
+class MetaMAML:
+    """Model-agnostic meta-learning with an ``optax.adam`` outer step.
+
+    Args:
+        model: any ``nnx.Module``; only its ``nnx.Param`` variables are adapted and meta-trained.
+        inner_lr, outer_lr, num_inner_steps, first_order, loss_fn: as in ``torch_impl.MetaMAML``.
+    """
+
+    def __init__(
+        self,
+        model: nnx.Module,
+        inner_lr: float = 0.01,
+        outer_lr: float = 0.001,
+        num_inner_steps: int = 1,
+        *,
+        first_order: bool = False,
+        loss_fn: LossFn = mse,
+    ) -> None:
+        if not isinstance(model, nnx.Module):
+            raise TypeError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(outputs, labels), got {type(loss_fn).__name__}")
+        self.config = MetaConfig(inner_lr, outer_lr, num_inner_steps, first_order)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.graphdef, params, _ = nnx.split(model, nnx.Param, ...)
+        if not jax.tree.leaves(params):
+            raise ValueError("model has no nnx.Param variables; expected at least one to meta-train")
+        # optax.adam puts eps outside the square root (eps_root=0), exactly as torch.optim.Adam does.
+        self.optimizer = optax.adam(outer_lr, b1=0.9, b2=0.999, eps=1e-8)
+        self.opt_state = self.optimizer.init(params)
+        self._adapt = jax.jit(self._inner_loop)
+        self._meta_gradient = jax.jit(jax.value_and_grad(self._meta_loss))
+        self._meta_step = jax.jit(self._meta_step_fn)
+
+    @property
+    def inner_lr(self) -> float:
+        return self.config.inner_lr
+
+    @property
+    def outer_lr(self) -> float:
+        return self.config.outer_lr
+
+    @property
+    def num_inner_steps(self) -> int:
+        return self.config.num_inner_steps
+
+    @property
+    def first_order(self) -> bool:
+        return self.config.first_order
+
+    def trainable_parameters(self) -> Params:
+        return nnx.state(self.model, nnx.Param)
+
+    # ------------------------------------------------------------ public API
+    def adapt(self, task_data: Any, task_labels: Any) -> Params:
+        """Run the inner loop on one task; returns the adapted ``nnx.State`` of parameters.
+
+        Use it with ``nnx.merge(maml.graphdef, params, rest)`` or ``nnx.update(model, params)``.
+        """
+        data = self._as_array("task_data", task_data)
+        labels = self._as_array("task_labels", task_labels)
+        return self._adapt(self.trainable_parameters(), self._rest(), data, labels)
+
+    def meta_gradient(self, tasks: Sequence[tuple]) -> Params:
+        """The meta-gradient (mean over tasks of the post-adaptation query loss), without stepping."""
+        return self._meta_gradient(self.trainable_parameters(), self._rest(), self._stack(tasks))[1]
+
+    def meta_update(self, tasks: Sequence[tuple]) -> float:
+        """One outer Adam step; returns the mean query loss after adaptation.
+
+        A non-finite loss or meta-gradient raises ``ValueError`` and leaves the model unchanged.
+        """
+        params, opt_state, loss, grads = self._meta_step(
+            self.trainable_parameters(), self.opt_state, self._rest(), self._stack(tasks)
+        )
+        if not bool(jnp.isfinite(loss)) or not all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads)):
+            raise ValueError("meta_update: the query loss or meta-gradient is NaN/Inf; the model was not changed")
+        nnx.update(self.model, params)
+        self.opt_state = opt_state
+        return float(loss)
+
+    # ------------------------------------------------------ pure functions
+    def _loss(self, params: Params, rest: nnx.State, data: Any, labels: Any) -> jax.Array:
+        args = data if isinstance(data, tuple) else (data,)
+        try:
+            outputs = nnx.merge(self.graphdef, params, rest)(*args)
+        except TypeError as err:
+            shapes = [tuple(a.shape) for a in args]
+            raise ValueError(f"model forward failed on input of shape(s) {shapes}: {err}") from err
+        loss = self.loss_fn(outputs, labels)
+        if jnp.ndim(loss) != 0:
+            raise ValueError(f"loss_fn must return a scalar, got shape {jnp.shape(loss)}")
+        return loss
+
+    def _inner_loop(self, params: Params, rest: nnx.State, data: Any, labels: Any) -> Params:
+        for _ in range(self.num_inner_steps):
+            grads = jax.grad(self._loss)(params, rest, data, labels)
+            if self.first_order:
+                grads = jax.lax.stop_gradient(grads)
+            params = jax.tree.map(lambda p, g: p - self.inner_lr * g, params, grads)
+        return params
+
+    def _task_query_loss(self, params: Params, rest: nnx.State, task: tuple) -> jax.Array:
+        support_x, support_y, query_x, query_y = task
+        return self._loss(self._inner_loop(params, rest, support_x, support_y), rest, query_x, query_y)
+
+    def _meta_loss(self, params: Params, rest: nnx.State, tasks: tuple) -> jax.Array:
+        losses = jax.vmap(self._task_query_loss, in_axes=(None, None, 0))(params, rest, tasks)
+        return jnp.mean(losses)
+
+    def _meta_step_fn(
+        self, params: Params, opt_state: optax.OptState, rest: nnx.State, tasks: tuple
+    ) -> tuple[Params, optax.OptState, jax.Array, Params]:
+        loss, grads = jax.value_and_grad(self._meta_loss)(params, rest, tasks)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, grads
+
+    # ------------------------------------------------------------ checks
+    def _rest(self) -> nnx.State:
+        return nnx.split(self.model, nnx.Param, ...)[2]
+
+    def _param_dtype(self) -> jnp.dtype:
+        return jax.tree.leaves(self.trainable_parameters())[0].dtype
+
+    def _as_array(self, name: str, value: Any) -> Any:
+        if isinstance(value, (tuple, list)):
+            return tuple(self._as_array(f"{name}[{i}]", item) for i, item in enumerate(value))
+        if not isinstance(value, (jax.Array, np.ndarray)):
+            raise TypeError(f"{name} must be a jax or numpy array (or a tuple of them), got {type(value).__name__}")
+        value = jnp.asarray(value)
+        if jnp.issubdtype(value.dtype, jnp.floating):
+            if value.dtype != self._param_dtype():
+                raise TypeError(f"{name} must have dtype {self._param_dtype()} (the model's), got {value.dtype}")
+            check_finite(name, value)
+        return value
+
+    def _stack(self, tasks: Sequence[tuple]) -> tuple:
+        """A list of tasks -> one tuple of arrays with a leading task axis, for ``vmap``."""
+        checked = [
+            tuple(self._as_array(f"task {i} {part}", value) for part, value in zip(
+                ("support_x", "support_y", "query_x", "query_y"), task))
+            for i, task in enumerate(check_tasks(tasks))
+        ]
+        first = jax.tree.structure(checked[0])
+        shapes = [jax.tree.map(jnp.shape, t) for t in checked]
+        for i, task in enumerate(checked):
+            if jax.tree.structure(task) != first or shapes[i] != shapes[0]:
+                raise ValueError(
+                    f"all tasks must have the same structure and shapes to be vmapped: task 0 has {shapes[0]}, "
+                    f"task {i} has {shapes[i]}"
+                )
+        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *checked)

@@ -1,0 +1,59 @@
+"""Safetensors weight files that either backend can read, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+FORMAT = "ssm-metarl/v1"
+
+
+def save_weights(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], config: Mapping[str, object]) -> None:
+    """Write canonical ``tensors`` and a JSON ``config`` to ``path`` (temporary file, then rename)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot save weights: directory {str(path.parent)!r} does not exist")
+    arrays = {name: np.ascontiguousarray(np.asarray(value)) for name, value in tensors.items()}
+    metadata = {"format": FORMAT, "config": json.dumps(dict(config), sort_keys=True)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """Read a file written by :func:`save_weights`; returns ``(tensors, config)``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the problem for a
+    truncated, corrupt or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+    if metadata.get("format") != FORMAT:
+        raise ValueError(
+            f"{str(path)!r} is not an ssm-metarl weight file: expected metadata format {FORMAT!r}, "
+            f"got {metadata.get('format')!r}"
+        )
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r} has no valid JSON 'config' in its metadata") from err
+    return tensors, config

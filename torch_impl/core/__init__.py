@@ -1,0 +1,3 @@
+from torch_impl.core.ssm import SSM
+
+__all__ = ["SSM"]

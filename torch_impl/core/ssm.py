@@ -1,0 +1,226 @@
+"""The SSM: a stable, real, diagonal linear recurrence with an MLP readout (ARCHITECTURE.md section 2).
+
+    lambda = exp(-exp(nu_log))                       per state channel, always in (0, 1)
+    gamma  = sqrt(-expm1(-2 exp(nu_log)))            = sqrt(1 - lambda^2), computed stably
+    h_t    = lambda * (1 - start_t) * h_{t-1} + gamma * (B x_t + b_B)
+    y_t    = W2 gelu(W1 h_t + b1) + b2 + D x_t + b_D  (exact, erf-based GELU)
+
+The module holds no state between calls: the recurrent state is passed in and returned.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.config import SSMConfig
+from shared.layout import check_layout, ssm_layout
+from shared.validation import check_rank_and_width, check_shape
+from shared.weights import load_weights, save_weights
+
+ScanMode = Literal["sequential", "parallel"]
+
+
+class SSM(nn.Module):
+    """Diagonal SSM. ``forward`` on ``(batch, input_dim)`` returns ``(batch, output_dim)``.
+
+    Args:
+        state_dim: number of recurrent state channels ``S``.
+        input_dim: input width ``I``.
+        output_dim: output width ``O``.
+        hidden_dim: width ``H`` of the readout MLP.
+        device: where the parameters live (``"cpu"``, ``"cuda"``, a ``torch.device``).
+        r_min, r_max: the decays are initialised uniformly in ``[r_min, r_max]``.
+        dtype: parameter dtype (``torch.float32`` or ``torch.float64``).
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        input_dim: int,
+        output_dim: int,
+        hidden_dim: int,
+        device: str | torch.device,
+        *,
+        r_min: float = 0.9,
+        r_max: float = 0.999,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.config = SSMConfig(state_dim, input_dim, output_dim, hidden_dim, r_min, r_max)
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        kw = {"device": torch.device(device), "dtype": dtype}
+        decay = torch.empty(state_dim, **kw).uniform_(r_min, r_max)
+        self.nu_log = nn.Parameter(torch.log(-torch.log(decay)))
+        self.B = nn.Linear(input_dim, state_dim, **kw)
+        self.W1 = nn.Linear(state_dim, hidden_dim, **kw)
+        self.W2 = nn.Linear(hidden_dim, output_dim, **kw)
+        self.D = nn.Linear(input_dim, output_dim, **kw)
+
+    # ---------------------------------------------------------------- maths
+    def decay_and_gain(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lambda, gamma)``, each ``(state_dim,)``."""
+        rate = torch.exp(self.nu_log)
+        return torch.exp(-rate), torch.sqrt(-torch.expm1(-2.0 * rate))
+
+    def readout(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(..., S), (..., I) -> (..., O)``."""
+        return self.W2(F.gelu(self.W1(h))) + self.D(x)
+
+    # ----------------------------------------------------------- entry points
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, starts: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, I) -> (B, O)`` (one step from ``state``, zeros by default) or ``(B, T, I) -> (B, T, O)``."""
+        self._check_input(x, ranks=(2, 3))
+        if x.dim() == 2:
+            return self.step(x, self._state_or_zeros(state, x.shape[0]), starts)[0]
+        return self.scan(x, state, starts)[0]
+
+    def step(
+        self, x: torch.Tensor, state: torch.Tensor, start: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step. ``x (B, I)``, ``state (B, S)``, ``start (B,)`` (1 where an episode starts).
+
+        Returns ``(y (B, O), new_state (B, S))``.
+        """
+        self._check_input(x, ranks=(2,))
+        self._check_state(state, x.shape[0])
+        decay, gain = self.decay_and_gain()
+        if start is not None:
+            start = self._check_starts(start, x.shape[:1])
+            state = state * (1.0 - start).unsqueeze(-1)
+        new_state = decay * state + gain * self.B(x)
+        return self.readout(new_state, x), new_state
+
+    def init_state(self, batch_size: int) -> torch.Tensor:
+        """Zeros ``(batch_size, state_dim)`` on the parameters' device and dtype."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        return self.nu_log.new_zeros(batch_size, self.config.state_dim)
+
+    def scan(
+        self,
+        xs: torch.Tensor,
+        state: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
+        mode: ScanMode = "sequential",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run a sequence ``xs (B, T, I)`` with resets ``starts (B, T)``.
+
+        Returns ``(ys (B, T, O), final_state (B, S))``.
+        """
+        hs = self.hidden_states(xs, state, starts, mode)
+        return self.readout(hs, xs), hs[:, -1]
+
+    def hidden_states(
+        self,
+        xs: torch.Tensor,
+        state: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
+        mode: ScanMode = "sequential",
+    ) -> torch.Tensor:
+        """Every hidden state ``h_1 .. h_T`` of the sequence, ``(B, T, S)``."""
+        self._check_input(xs, ranks=(3,))
+        batch, length = xs.shape[:2]
+        state = self._state_or_zeros(state, batch)
+        decay, gain = self.decay_and_gain()
+        inputs = gain * self.B(xs)  # (B, T, S)
+        decays = decay.expand_as(inputs)
+        if starts is not None:
+            decays = decays * (1.0 - self._check_starts(starts, (batch, length))).unsqueeze(-1)
+        if mode == "sequential":
+            return sequential_scan(decays, inputs, state)
+        if mode == "parallel":
+            return parallel_scan(decays, inputs, state)
+        raise ValueError(f"mode must be 'sequential' or 'parallel', got {mode!r}")
+
+    # ------------------------------------------------------------- weights
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the weights and config to a safetensors file (atomically)."""
+        tensors = {name: t.detach().cpu().numpy() for name, t in self.state_dict().items()}
+        save_weights(path, tensors, self.config.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> "SSM":
+        """Build an SSM from a file written by :meth:`save` (or by the JAX twin)."""
+        tensors, config_dict = load_weights(path)
+        config = SSMConfig.from_dict(config_dict)
+        check_layout(tensors, ssm_layout(config))
+        dtypes = {t.dtype for t in tensors.values()}
+        if len(dtypes) != 1 or next(iter(dtypes)).name not in ("float32", "float64"):
+            raise ValueError(f"{str(path)!r}: expected all tensors float32 or all float64, got {sorted(d.name for d in dtypes)}")
+        dtype = torch.float64 if next(iter(dtypes)).name == "float64" else torch.float32
+        model = cls(
+            config.state_dim, config.input_dim, config.output_dim, config.hidden_dim, device,
+            r_min=config.r_min, r_max=config.r_max, dtype=dtype,
+        )
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
+        return model
+
+    # ------------------------------------------------------------- checks
+    def _check_input(self, x: torch.Tensor, ranks: tuple[int, ...]) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        check_rank_and_width("input", x.shape, ranks, self.config.input_dim, "input_dim")
+        self._check_dtype_device("input", x)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("input contains NaN or Inf; expected finite values")
+
+    def _check_dtype_device(self, name: str, t: torch.Tensor) -> None:
+        ref = self.nu_log
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name} must have dtype {ref.dtype} (the model's), got {t.dtype}")
+        if t.device != ref.device:
+            raise ValueError(f"{name} must be on device {ref.device} (the model's), got {t.device}")
+
+    def _check_state(self, state: torch.Tensor, batch: int) -> None:
+        if not isinstance(state, torch.Tensor):
+            raise TypeError(f"state must be a torch.Tensor, got {type(state).__name__}")
+        check_shape("state", state.shape, (batch, self.config.state_dim))
+        self._check_dtype_device("state", state)
+        if not bool(torch.isfinite(state).all()):
+            raise ValueError("state contains NaN or Inf; expected finite values")
+
+    def _state_or_zeros(self, state: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if state is None:
+            return self.init_state(batch)
+        self._check_state(state, batch)
+        return state
+
+    def _check_starts(self, starts: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        if not isinstance(starts, torch.Tensor):
+            raise TypeError(f"starts must be a torch.Tensor of 0/1 flags, got {type(starts).__name__}")
+        check_shape("starts", starts.shape, shape)
+        if starts.device != self.nu_log.device:
+            raise ValueError(f"starts must be on device {self.nu_log.device}, got {starts.device}")
+        return starts.to(self.nu_log.dtype)
+
+
+def sequential_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """``h_t = decays_t * h_{t-1} + inputs_t`` step by step. ``(B, T, S)`` each, ``state (B, S)``."""
+    hs = []
+    for t in range(inputs.shape[1]):
+        state = decays[:, t] * state + inputs[:, t]
+        hs.append(state)
+    return torch.stack(hs, dim=1)
+
+
+def parallel_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """The same recurrence as an out-of-place Hillis-Steele associative scan, ``ceil(log2 T)`` rounds.
+
+    Pairs compose as ``(a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2)``. No tensor is written in place,
+    so autograd can differentiate it to any order.
+    """
+    first = decays[:, :1] * state.unsqueeze(1) + inputs[:, :1]
+    a, b = decays, torch.cat([first, inputs[:, 1:]], dim=1)
+    length = inputs.shape[1]
+    for level in range(math.ceil(math.log2(length)) if length > 1 else 0):
+        shift = 1 << level
+        b = torch.cat([b[:, :shift], a[:, shift:] * b[:, :-shift] + b[:, shift:]], dim=1)
+        a = torch.cat([a[:, :shift], a[:, shift:] * a[:, :-shift]], dim=1)
+    return b

@@ -1,0 +1,3 @@
+from torch_impl.meta_rl.meta_maml import MetaMAML, mse
+
+__all__ = ["MetaMAML", "mse"]
