@@ -9,7 +9,8 @@ Non-finite entries must sit at the same positions with the same values (NaN with
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class Comparison:
             if not leaf.nonfinite_match:
                 ok += " (NaN/Inf positions differ)"
             lines.append(
-                f"{leaf.name:<32} {str(leaf.shape):<14} {leaf.max_abs:>10.2e} {leaf.rel:>10.2e} "
+                f"{leaf.name:<32} {leaf.shape!s:<14} {leaf.max_abs:>10.2e} {leaf.rel:>10.2e} "
                 f"{leaf.max_rel_elementwise:>10.2e}  {ok}"
             )
         return "\n".join(lines)

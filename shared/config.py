@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -56,7 +57,7 @@ class SSMConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "SSMConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> SSMConfig:
         return from_dict(cls, values)
 
 
@@ -72,7 +73,8 @@ class MetaConfig:
     def __post_init__(self) -> None:
         require_positive_float("inner_lr", self.inner_lr)
         require_positive_float("outer_lr", self.outer_lr)
-        if isinstance(self.num_inner_steps, bool) or not isinstance(self.num_inner_steps, int) or self.num_inner_steps < 1:
+        steps = self.num_inner_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_inner_steps must be an integer >= 1, got {self.num_inner_steps!r}")
         if not isinstance(self.first_order, bool):
             raise TypeError(f"first_order must be a bool, got {type(self.first_order).__name__}")
@@ -81,5 +83,5 @@ class MetaConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "MetaConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> MetaConfig:
         return from_dict(cls, values)

@@ -7,7 +7,8 @@ Both conversions are pure numpy and exact (a transpose is a copy, never arithmet
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,12 @@ def torch_to_flax(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
                 raise ValueError(f"{name}: '{key}' is both a parameter and a module")
         node[leaf] = value
     return nested
+
+
+def canonical_name(flax_path: Sequence[str]) -> str:
+    """A Flax parameter path such as ``("B", "kernel")`` -> its canonical name ``"B.weight"``."""
+    *prefix, leaf = (str(key) for key in flax_path)
+    return ".".join([*prefix, "weight" if leaf == "kernel" else leaf])
 
 
 def flax_to_torch(nested: Mapping[str, Any]) -> Flat:

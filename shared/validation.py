@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def check_rank_and_width(name: str, shape: Sequence[int], ranks: Sequence[int], width: int, width_name: str) -> None:
     """``shape`` must have one of ``ranks`` dimensions and a last dimension of ``width``."""
     if len(shape) not in ranks:
         expected = " or ".join(f"{r}-D" for r in ranks)
-        raise ValueError(f"{name} must be {expected} with last dimension {width_name}={width}, got shape {tuple(shape)}")
+        raise ValueError(
+            f"{name} must be {expected} with last dimension {width_name}={width}, got shape {tuple(shape)}"
+        )
     if shape[-1] != width:
         raise ValueError(f"{name} must have last dimension {width_name}={width}, got shape {tuple(shape)}")
 
@@ -22,7 +24,8 @@ def check_shape(name: str, shape: Sequence[int], expected: Sequence[int]) -> Non
 def check_task_tuple(index: int, task: object) -> tuple:
     """A task is ``(x, y)`` or ``(support_x, support_y, query_x, query_y)``; returns the 4-tuple."""
     if not isinstance(task, (tuple, list)) or len(task) not in (2, 4):
-        got = f"a {type(task).__name__} of length {len(task)}" if isinstance(task, (tuple, list)) else type(task).__name__
+        kind = type(task).__name__
+        got = f"a {kind} of length {len(task)}" if isinstance(task, (tuple, list)) else kind
         raise ValueError(
             f"task {index} must be a 2-tuple (x, y) or a 4-tuple (support_x, support_y, query_x, query_y), got {got}"
         )

@@ -1,0 +1,3 @@
+from jax_impl.adaptation.test_time_adaptation import Adapter
+
+__all__ = ["Adapter"]

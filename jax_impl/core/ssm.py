@@ -15,6 +15,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jax_impl.core.params import from_canonical, to_canonical
@@ -162,7 +163,7 @@ class SSM(nnx.Module):
         save_weights(path, to_canonical(nnx.state(self, nnx.Param)), self.config.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | jax.Device = "cpu") -> "SSM":
+    def load(cls, path: str | os.PathLike[str], device: str | jax.Device = "cpu") -> SSM:
         """Build an SSM from a file written by :meth:`save` (or by the PyTorch twin)."""
         tensors, config_dict = load_weights(path)
         config = SSMConfig.from_dict(config_dict)
@@ -209,7 +210,7 @@ class SSM(nnx.Module):
 
 def check_finite(name: str, x: Array) -> None:
     """Reject NaN/Inf in concrete arrays; traced values (inside ``jit``/``grad``) cannot be inspected."""
-    if not isinstance(x, jax.core.Tracer) and not bool(jnp.isfinite(x).all()):
+    if not isinstance(x, jax.core.Tracer) and not np.isfinite(np.asarray(x)).all():
         raise ValueError(f"{name} contains NaN or Inf; expected finite values")
 
 

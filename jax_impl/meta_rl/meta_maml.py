@@ -9,7 +9,8 @@ weights) is passed through unchanged, like torch buffers and ``requires_grad=Fal
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -171,7 +172,7 @@ class MetaMAML:
         """A list of tasks -> one tuple of arrays with a leading task axis, for ``vmap``."""
         checked = [
             tuple(self._as_array(f"task {i} {part}", value) for part, value in zip(
-                ("support_x", "support_y", "query_x", "query_y"), task))
+                ("support_x", "support_y", "query_x", "query_y"), task, strict=True))
             for i, task in enumerate(check_tasks(tasks))
         ]
         first = jax.tree.structure(checked[0])

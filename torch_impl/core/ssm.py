@@ -74,7 +74,9 @@ class SSM(nn.Module):
         return self.W2(F.gelu(self.W1(h))) + self.D(x)
 
     # ----------------------------------------------------------- entry points
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, starts: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None = None, starts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(B, I) -> (B, O)`` (one step from ``state``, zeros by default) or ``(B, T, I) -> (B, T, O)``."""
         self._check_input(x, ranks=(2, 3))
         if x.dim() == 2:
@@ -146,14 +148,15 @@ class SSM(nn.Module):
         save_weights(path, tensors, self.config.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> "SSM":
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> SSM:
         """Build an SSM from a file written by :meth:`save` (or by the JAX twin)."""
         tensors, config_dict = load_weights(path)
         config = SSMConfig.from_dict(config_dict)
         check_layout(tensors, ssm_layout(config))
         dtypes = {t.dtype for t in tensors.values()}
         if len(dtypes) != 1 or next(iter(dtypes)).name not in ("float32", "float64"):
-            raise ValueError(f"{str(path)!r}: expected all tensors float32 or all float64, got {sorted(d.name for d in dtypes)}")
+            found = sorted(d.name for d in dtypes)
+            raise ValueError(f"{str(path)!r}: expected all tensors float32 or all float64, got {found}")
         dtype = torch.float64 if next(iter(dtypes)).name == "float64" else torch.float32
         model = cls(
             config.state_dim, config.input_dim, config.output_dim, config.hidden_dim, device,

@@ -7,7 +7,8 @@ path for first and second order. ``autograd.grad`` cannot run under ``vmap``, so
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -115,7 +116,7 @@ class MetaMAML:
     def _meta_gradient(self, tasks: Sequence[tuple]) -> tuple[Params, torch.Tensor]:
         tasks = check_tasks(tasks)
         for i, task in enumerate(tasks):
-            for part, value in zip(("support_x", "support_y", "query_x", "query_y"), task):
+            for part, value in zip(("support_x", "support_y", "query_x", "query_y"), task, strict=True):
                 self._check_data(f"task {i} {part}", value)
         params = self.trainable_parameters()
         total = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -124,7 +125,7 @@ class MetaMAML:
             adapted = self._inner_loop(params, support_x, support_y, f"task {i} support")
             query_loss = self._loss(adapted, query_x, query_y, f"task {i} query") / len(tasks)
             grads = torch.autograd.grad(query_loss, list(params.values()), allow_unused=True)
-            for (name, p), g in zip(params.items(), grads):
+            for (name, _p), g in zip(params.items(), grads, strict=True):
                 if g is not None:
                     total[name] = total[name] + g
             total_loss = total_loss + query_loss.detach().cpu()
@@ -136,7 +137,8 @@ class MetaMAML:
             loss = self._loss(params, data, labels, where)
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
             params = {
-                name: p if g is None else p - self.inner_lr * g for (name, p), g in zip(params.items(), grads)
+                name: p if g is None else p - self.inner_lr * g
+                for (name, p), g in zip(params.items(), grads, strict=True)
             }
         return params
 

@@ -1,0 +1,3 @@
+from parity_tests.models import set_high_precision
+
+set_high_precision()

@@ -1,0 +1,261 @@
+"""The cross-backend parity matrix of ARCHITECTURE.md section 5.
+
+Each case builds twin models (weights made in PyTorch, transferred to Flax), feeds both the
+same seeded numpy inputs and returns one :class:`Row` per quantity: max absolute error,
+normwise relative error (see ``shared.compare``), the contract's tolerance, and pass/fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+from jax_impl.core.params import to_canonical
+from jax_impl.core.ssm import SSM as JaxSSM
+from jax_impl.meta_rl.meta_maml import MetaMAML as JaxMAML
+from parity_tests.models import TORCH_DTYPES, canonical, twin_mlps, twin_ssms
+from shared.compare import Comparison, compare_trees
+from shared.layout import flax_to_torch, torch_to_flax
+from torch_impl.core.ssm import SSM as TorchSSM
+from torch_impl.meta_rl.meta_maml import MetaMAML as TorchMAML
+
+# The contract's tolerances (normwise relative error); 0 means bit-exact. None: not part of the contract.
+TOLERANCES: dict[str, dict[str, float | None]] = {
+    "float64": {"weights": 0.0, "outputs": 1e-10, "gradients": 1e-9, "adapted": 1e-9, "meta_gradient": 1e-8,
+                "meta_update": 1e-9},
+    "float32": {"weights": 0.0, "outputs": 1e-5, "gradients": 1e-4, "adapted": 1e-4, "meta_gradient": 1e-3,
+                "meta_update": None},
+}
+# Second- and first-order meta-gradients must differ by at least this (normwise), far above rounding.
+MUST_DIFFER = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    state_dim: int = 8
+    input_dim: int = 3
+    output_dim: int = 2
+    hidden_dim: int = 16
+    batch: int = 4
+    seq_len: int = 33
+    tasks: int = 3
+    inner_lr: float = 0.05
+    seed: int = 0
+
+    @property
+    def dims(self) -> tuple[int, int, int, int]:
+        return self.state_dim, self.input_dim, self.output_dim, self.hidden_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    quantity: str
+    dtype: str
+    max_abs: float
+    rel: float
+    tolerance: float
+    passed: bool
+    comparison: Comparison | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("quantity", "dtype", "max_abs", "rel", "tolerance", "passed")}
+
+
+def row(quantity: str, dtype: str, kind: str, comparison: Comparison) -> Row:
+    tol = TOLERANCES[dtype][kind]
+    assert tol is not None, f"{kind} has no {dtype} tolerance in the contract"
+    return Row(quantity, dtype, comparison.max_abs, comparison.rel, tol, comparison.passes(tol), comparison)
+
+
+def as_torch(tree: Any) -> Any:
+    if isinstance(tree, tuple):
+        return tuple(as_torch(x) for x in tree)
+    return torch.from_numpy(np.array(tree))
+
+
+class Setup:
+    """Seeded inputs and twin models for one dtype."""
+
+    def __init__(self, dtype: str, sizes: Sizes) -> None:
+        self.dtype, self.sizes = dtype, sizes
+        self.rng = np.random.default_rng(sizes.seed)
+        b, t, i = sizes.batch, sizes.seq_len, sizes.input_dim
+        self.xs = self.array(b, t, i)
+        self.starts = (self.rng.random((b, t)) < 0.15).astype(dtype)
+        self.state0 = self.array(b, sizes.state_dim)
+        self.targets = self.array(b, t, sizes.output_dim)
+
+    def array(self, *shape: int) -> np.ndarray:
+        return self.rng.normal(size=shape).astype(self.dtype)
+
+    def ssms(self) -> tuple[TorchSSM, JaxSSM]:
+        return twin_ssms(self.sizes.dims, self.dtype, self.sizes.seed)
+
+    def ssm_tasks(self) -> list[tuple[np.ndarray, ...]]:
+        s = self.sizes
+        return [
+            (self.array(s.batch, 9, s.input_dim), self.array(s.batch, 9, s.output_dim),
+             self.array(s.batch, 9, s.input_dim), self.array(s.batch, 9, s.output_dim))
+            for _ in range(s.tasks)
+        ]
+
+    def mlp_tasks(self) -> list[tuple[np.ndarray, ...]]:
+        s = self.sizes
+        return [
+            (self.array(10, s.input_dim), self.array(10, s.output_dim), self.array(10, s.input_dim),
+             self.array(10, s.output_dim))
+            for _ in range(s.tasks)
+        ]
+
+
+# --------------------------------------------------------------------------- cases
+def weights_through_flax(setup: Setup) -> list[Row]:
+    torch_model, _ = setup.ssms()
+    original = canonical(torch_model)
+    back = flax_to_torch(torch_to_flax(original))
+    return [row("weights torch -> flax -> torch", setup.dtype, "weights", compare_trees(back, original))]
+
+
+def weights_through_safetensors(setup: Setup) -> list[Row]:
+    torch_model, _ = setup.ssms()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch_model.save(Path(tmp) / "torch.safetensors")
+        jax_model = JaxSSM.load(Path(tmp) / "torch.safetensors")
+        jax_model.save(Path(tmp) / "jax.safetensors")
+        reloaded = TorchSSM.load(Path(tmp) / "jax.safetensors")
+    return [
+        row("weights torch -> safetensors -> flax", setup.dtype, "weights",
+            compare_trees(to_canonical(nnx.state(jax_model, nnx.Param)), canonical(torch_model))),
+        row("weights flax -> safetensors -> torch", setup.dtype, "weights",
+            compare_trees(canonical(reloaded), canonical(torch_model))),
+    ]
+
+
+def ssm_outputs(setup: Setup) -> list[Row]:
+    tm, jm = setup.ssms()
+    x0, s0 = setup.xs[:, 0], setup.state0
+    rows = [row("forward (B, I) from zero state", setup.dtype, "outputs",
+                compare_trees(jm(x0), tm(as_torch(x0))))]
+    j_step = jm.step(x0, s0, setup.starts[:, 0])
+    t_step = tm.step(as_torch(x0), as_torch(s0), as_torch(setup.starts[:, 0]))
+    rows.append(row("step with reset: y, state", setup.dtype, "outputs", compare_trees(j_step, t_step)))
+    for mode in ("sequential", "parallel"):
+        args = (setup.xs, setup.state0, setup.starts)
+        j_h = jm.hidden_states(*args, mode=mode)
+        t_h = tm.hidden_states(*(as_torch(a) for a in args), mode=mode)
+        j_ys, j_last = jm.scan(*args, mode=mode)
+        t_ys, t_last = tm.scan(*(as_torch(a) for a in args), mode=mode)
+        comparison = compare_trees(
+            {"hidden_states": j_h, "ys": j_ys, "final_state": j_last},
+            {"hidden_states": t_h, "ys": t_ys, "final_state": t_last},
+        )
+        rows.append(row(f"scan {mode} with resets: h, ys, final", setup.dtype, "outputs", comparison))
+    return rows
+
+
+def loss_gradients(setup: Setup) -> list[Row]:
+    tm, jm = setup.ssms()
+    args = (setup.xs, setup.state0, setup.starts)
+    graphdef, params = nnx.split(jm, nnx.Param)
+
+    def jax_loss(p: nnx.State) -> jax.Array:
+        return jnp.mean((nnx.merge(graphdef, p).scan(*args)[0] - setup.targets) ** 2)
+
+    j_grads = to_canonical(jax.grad(jax_loss)(params))
+    t_loss = torch.mean((tm.scan(*(as_torch(a) for a in args))[0] - as_torch(setup.targets)) ** 2)
+    names = [n for n, _ in tm.named_parameters()]
+    t_grads = dict(zip(names, torch.autograd.grad(t_loss, list(tm.parameters())), strict=True))
+    return [row("loss gradients w.r.t. every parameter", setup.dtype, "gradients", compare_trees(j_grads, t_grads))]
+
+
+def adapted_parameters(setup: Setup) -> list[Row]:
+    rows = []
+    sx, sy = setup.xs, setup.targets
+    for k in (1, 3, 5):
+        tm, jm = setup.ssms()
+        t_adapted = TorchMAML(tm, setup.sizes.inner_lr, num_inner_steps=k).adapt(as_torch(sx), as_torch(sy))
+        j_adapted = JaxMAML(jm, setup.sizes.inner_lr, num_inner_steps=k).adapt(sx, sy)
+        rows.append(row(f"adapted parameters, k={k}", setup.dtype, "adapted",
+                        compare_trees(to_canonical(j_adapted), t_adapted)))
+    return rows
+
+
+def meta_gradients(setup: Setup, first_order: bool) -> dict[str, tuple[Any, Any]]:
+    """``{model: (jax canonical grads, torch grads)}`` for the SSM on sequences and for the MLP."""
+    out = {}
+    for name, models, tasks in (("SSM", setup.ssms(), setup.ssm_tasks()), ("MLP", twin_mlps(
+            setup.sizes.input_dim, 32, setup.sizes.output_dim, setup.dtype, setup.sizes.seed), setup.mlp_tasks())):
+        tm, jm = models
+        t_maml = TorchMAML(tm, setup.sizes.inner_lr, num_inner_steps=2, first_order=first_order)
+        j_maml = JaxMAML(jm, setup.sizes.inner_lr, num_inner_steps=2, first_order=first_order)
+        out[name] = (to_canonical(j_maml.meta_gradient(tasks)),
+                     t_maml.meta_gradient([as_torch(tuple(task)) for task in tasks]))
+    return out
+
+
+def meta_gradient_rows(setup: Setup) -> list[Row]:
+    second = meta_gradients(setup, first_order=False)
+    first = meta_gradients(setup, first_order=True)
+    rows = []
+    for name in second:
+        rows.append(row(f"meta-gradient, second order ({name}, k=2)", setup.dtype, "meta_gradient",
+                        compare_trees(*second[name])))
+        rows.append(row(f"meta-gradient, first order ({name}, k=2)", setup.dtype, "meta_gradient",
+                        compare_trees(*first[name])))
+        for backend, index in (("jax", 0), ("torch", 1)):
+            differ = compare_trees(second[name][index], first[name][index])
+            rows.append(Row(f"second order differs from first ({name}, {backend})", setup.dtype, differ.max_abs,
+                            differ.rel, MUST_DIFFER, differ.rel > MUST_DIFFER, differ))
+    return rows
+
+
+def meta_update_trajectories(setup: Setup, steps: int = 10) -> list[Row]:
+    if TOLERANCES[setup.dtype]["meta_update"] is None:
+        return []
+    rows = []
+    for name, models, tasks in (("SSM", setup.ssms(), setup.ssm_tasks()), ("MLP", twin_mlps(
+            setup.sizes.input_dim, 32, setup.sizes.output_dim, setup.dtype, setup.sizes.seed), setup.mlp_tasks())):
+        tm, jm = models
+        t_maml = TorchMAML(tm, setup.sizes.inner_lr, outer_lr=0.01, num_inner_steps=2)
+        j_maml = JaxMAML(jm, setup.sizes.inner_lr, outer_lr=0.01, num_inner_steps=2)
+        t_tasks = [as_torch(tuple(task)) for task in tasks]
+        t_losses, j_losses = [], []
+        for _ in range(steps):
+            t_losses.append(t_maml.meta_update(t_tasks))
+            j_losses.append(j_maml.meta_update(tasks))
+        comparison = compare_trees(
+            {"params": to_canonical(nnx.state(jm, nnx.Param)), "losses": np.array(j_losses)},
+            {"params": canonical(tm), "losses": np.array(t_losses)},
+        )
+        rows.append(row(f"{steps} meta_update steps, torch Adam vs optax adam ({name})", setup.dtype,
+                        "meta_update", comparison))
+    return rows
+
+
+CASES: dict[str, Callable[[Setup], list[Row]]] = {
+    "weights_through_flax": weights_through_flax,
+    "weights_through_safetensors": weights_through_safetensors,
+    "ssm_outputs": ssm_outputs,
+    "loss_gradients": loss_gradients,
+    "adapted_parameters": adapted_parameters,
+    "meta_gradients": meta_gradient_rows,
+    "meta_update_trajectories": meta_update_trajectories,
+}
+
+
+def run_matrix(dtype: str, sizes: Sizes = Sizes(), cases: dict[str, Callable[[Setup], list[Row]]] = CASES) -> list[Row]:
+    """Every row of the matrix for one dtype (``"float32"`` or ``"float64"``)."""
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
+    if dtype == "float64" and not jax.config.jax_enable_x64:
+        raise RuntimeError("float64 parity needs parity_tests.models.set_high_precision() before any JAX work")
+    return [r for case in cases.values() for r in case(Setup(dtype, sizes))]

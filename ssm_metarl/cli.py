@@ -1,0 +1,62 @@
+"""The ``ssm-metarl`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssm-metarl", description=__doc__.strip().splitlines()[0].rstrip("."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="meta-train the SSM on sinusoid regression and show the adaptation gain")
+    demo.add_argument("--backend", choices=["torch", "jax"], default="torch")
+    demo.add_argument("--iterations", type=int, default=500, help="outer (meta) steps (default: 500)")
+    demo.add_argument("--meta-batch", type=int, default=8, help="tasks per outer step (default: 8)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--output", type=Path, default=None, help="directory for demo.json (default: none)")
+
+    parity = sub.add_parser("parity", help="run the PyTorch-vs-JAX parity matrix; exit 1 if a row fails")
+    parity.add_argument("--dtype", choices=["float64", "float32", "both"], default="both")
+    parity.add_argument("--state-dim", type=int, default=8)
+    parity.add_argument("--input-dim", type=int, default=3)
+    parity.add_argument("--output-dim", type=int, default=2)
+    parity.add_argument("--hidden-dim", type=int, default=16)
+    parity.add_argument("--batch", type=int, default=4)
+    parity.add_argument("--seq-len", type=int, default=33)
+    parity.add_argument("--seed", type=int, default=0)
+    parity.add_argument("--output", type=Path, default=Path("parity_report.json"), help="JSON report path")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from ssm_metarl import demo
+
+            config = demo.DemoConfig(backend=args.backend, iterations=args.iterations, meta_batch=args.meta_batch,
+                                     seed=args.seed)
+            demo.run(config, args.output)
+            return 0
+        if args.command == "parity":
+            from parity_tests.models import set_high_precision
+
+            set_high_precision()
+            from parity_tests.matrix import Sizes
+            from ssm_metarl import parity
+
+            sizes = Sizes(args.state_dim, args.input_dim, args.output_dim, args.hidden_dim, args.batch,
+                          args.seq_len, seed=args.seed)
+            dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
+            return parity.run(dtypes, sizes, args.output)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"ssm-metarl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

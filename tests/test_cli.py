@@ -1,0 +1,46 @@
+"""The ``ssm-metarl`` command line: help, demo, parity report and exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ssm_metarl.cli import main
+
+
+def test_help_exits_zero():
+    result = subprocess.run([sys.executable, "-m", "ssm_metarl.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "demo" in result.stdout and "parity" in result.stdout
+
+
+def test_unknown_command_exits_two():
+    with pytest.raises(SystemExit) as err:
+        main(["fly"])
+    assert err.value.code == 2
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_demo_runs_and_writes_json(tmp_path, capsys, backend):
+    assert main(["demo", "--backend", backend, "--iterations", "3", "--meta-batch", "2",
+                 "--output", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "demo.json").read_text())
+    assert set(report["meta_trained"]) == {"before_adaptation", "after_adaptation"}
+    assert "held-out query MSE" in capsys.readouterr().out
+
+
+def test_bad_argument_is_a_clear_error(capsys):
+    assert main(["demo", "--iterations", "2", "--meta-batch", "0"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_parity_command_prints_and_writes_the_matrix(tmp_path, capsys):
+    out = tmp_path / "parity.json"
+    code = main(["parity", "--dtype", "float64", "--state-dim", "3", "--hidden-dim", "4", "--seq-len", "5",
+                 "--output", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0
+    assert all(row["passed"] for row in report["rows"])
+    assert len(report["rows"]) >= 15
+    assert "| quantity | dtype | max abs |" in capsys.readouterr().out

@@ -1,0 +1,154 @@
+"""The PyTorch SSM: shapes, the three equal entry points, differentiability, no hidden state."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torch_impl import SSM
+
+F64 = torch.float64
+
+
+def make(state=6, inp=3, out=2, hidden=5, dtype=F64) -> SSM:
+    return SSM(state, inp, out, hidden, "cpu", dtype=dtype)
+
+
+def step_by_step(model: SSM, xs, state, starts):
+    ys, hs = [], []
+    for t in range(xs.shape[1]):
+        y, state = model.step(xs[:, t], state, starts[:, t])
+        ys.append(y)
+        hs.append(state)
+    return torch.stack(ys, 1), torch.stack(hs, 1)
+
+
+def test_seed_usage_example():
+    model = SSM(state_dim=128, input_dim=64, output_dim=32, hidden_dim=128, device="cpu")
+    output = model(torch.randn(32, 64))
+    assert isinstance(output, torch.Tensor)
+    assert output.shape == torch.Size([32, 32])
+
+
+def test_constructor_needs_all_five_arguments():
+    with pytest.raises(TypeError):
+        SSM(4, 3, 2, 5)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("length", [1, 7, 64])
+def test_step_equals_sequential_equals_parallel_with_resets(length):
+    model = make()
+    rng = np.random.default_rng(length)
+    xs = torch.from_numpy(rng.normal(size=(3, length, 3)))
+    starts = torch.from_numpy((rng.random((3, length)) < 0.2).astype(np.float64))
+    h0 = torch.from_numpy(rng.normal(size=(3, 6)))
+    ys_step, hs_step = step_by_step(model, xs, h0, starts)
+    for mode in ("sequential", "parallel"):
+        ys, last = model.scan(xs, h0, starts, mode=mode)
+        hs = model.hidden_states(xs, h0, starts, mode=mode)
+        torch.testing.assert_close(ys, ys_step, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(hs, hs_step, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(last, hs_step[:, -1], rtol=1e-10, atol=1e-12)
+
+
+def test_reset_forgets_the_past():
+    model = make()
+    xs = torch.randn(2, 10, 3, dtype=F64)
+    starts = torch.zeros(2, 10, dtype=F64)
+    starts[:, 6] = 1.0
+    ys, _ = model.scan(xs, torch.randn(2, 6, dtype=F64), starts)
+    fresh, _ = model.scan(xs[:, 6:])
+    torch.testing.assert_close(ys[:, 6:], fresh, rtol=1e-12, atol=1e-12)
+
+
+def test_forward_dispatches_on_rank():
+    model = make()
+    x = torch.randn(4, 3, dtype=F64)
+    torch.testing.assert_close(model(x), model.step(x, model.init_state(4))[0])
+    xs = torch.randn(4, 5, 3, dtype=F64)
+    assert model(xs).shape == (4, 5, 2)
+    torch.testing.assert_close(model(xs), model.scan(xs)[0])
+
+
+def test_no_hidden_state_between_calls():
+    model = make()
+    x = torch.randn(4, 3, dtype=F64)
+    first = model(x)
+    model(torch.randn(4, 3, dtype=F64))
+    torch.testing.assert_close(model(x), first, rtol=0, atol=0)
+    assert not list(model.buffers())
+
+
+def test_decays_stay_in_unit_interval_for_any_parameters():
+    model = make()
+    with torch.no_grad():
+        model.nu_log.copy_(torch.tensor([-30.0, -5.0, 0.0, 2.0, 3.0, 30.0], dtype=F64))
+    decay, gain = model.decay_and_gain()
+    assert bool(((decay >= 0) & (decay <= 1)).all())
+    # gamma = sqrt(1 - lambda^2) to full precision even where lambda is within 1e-13 of 1,
+    # where the naive formula loses 5 digits.
+    assert bool((gain > 0).all())
+    torch.testing.assert_close(gain**2 + decay**2, torch.ones(6, dtype=F64), rtol=0, atol=4e-16)
+    torch.testing.assert_close(gain[0], torch.sqrt(2 * torch.exp(torch.tensor(-30.0, dtype=F64))), rtol=1e-12, atol=0)
+    init = make(state=64, dtype=F64)
+    with torch.no_grad():
+        decay, _ = init.decay_and_gain()
+    assert float(decay.min()) >= 0.9 - 1e-12 and float(decay.max()) <= 0.999 + 1e-12
+
+
+def test_gradients_of_both_scans_agree():
+    model = make()
+    xs = torch.randn(2, 13, 3, dtype=F64)
+    starts = (torch.rand(2, 13) < 0.2).to(F64)
+    h0 = torch.randn(2, 6, dtype=F64, requires_grad=True)
+    grads = {}
+    for mode in ("sequential", "parallel"):
+        loss = model.scan(xs, h0, starts, mode=mode)[0].pow(2).sum()
+        grads[mode] = torch.autograd.grad(loss, [h0, *model.parameters()])
+    for g_seq, g_par in zip(grads["sequential"], grads["parallel"], strict=True):
+        torch.testing.assert_close(g_par, g_seq, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_gradgradcheck(mode):
+    model = make(state=3, inp=2, out=2, hidden=3)
+    xs = torch.randn(2, 5, 2, dtype=F64, requires_grad=True)
+    starts = torch.tensor([[0, 0, 1, 0, 0], [0, 1, 0, 0, 0]], dtype=F64)
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+
+    def fn(xs, *params):
+        out = torch.func.functional_call(model, dict(zip(names, params, strict=True)), (xs,), {"starts": starts})
+        return out
+
+    assert torch.autograd.gradcheck(fn, (xs, *params))
+    assert torch.autograd.gradgradcheck(fn, (xs, *params))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    state=st.integers(1, 6), inp=st.integers(1, 4), out=st.integers(1, 4), hidden=st.integers(1, 6),
+    batch=st.integers(1, 3), length=st.integers(1, 20), seed=st.integers(0, 2**16),
+)
+def test_property_shapes_and_scan_equality(state, inp, out, hidden, batch, length, seed):
+    model = make(state, inp, out, hidden)
+    rng = np.random.default_rng(seed)
+    xs = torch.from_numpy(rng.normal(size=(batch, length, inp)))
+    starts = torch.from_numpy((rng.random((batch, length)) < 0.3).astype(np.float64))
+    ys, last = model.scan(xs, None, starts, mode="sequential")
+    ys_par, last_par = model.scan(xs, None, starts, mode="parallel")
+    assert ys.shape == (batch, length, out) and last.shape == (batch, state)
+    torch.testing.assert_close(ys_par, ys, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(last_par, last, rtol=1e-10, atol=1e-12)
+    assert model(xs[:, 0]).shape == (batch, out)
+
+
+def test_wrong_device_is_named():
+    from torch_impl import MetaMAML
+
+    model = make()
+    with pytest.raises(ValueError, match="device cpu"):
+        model(torch.empty(2, 3, dtype=F64, device="meta"))
+    with pytest.raises(ValueError, match="device cpu"):
+        MetaMAML(model).adapt(torch.empty(2, 5, 3, dtype=F64, device="meta"), torch.zeros(2, 5, 2, dtype=F64))
