@@ -19,21 +19,24 @@ import numpy as np
 import torch
 from flax import nnx
 
+from jax_impl.adaptation.test_time_adaptation import Adapter as JaxAdapter
 from jax_impl.core.params import to_canonical
 from jax_impl.core.ssm import SSM as JaxSSM
 from jax_impl.meta_rl.meta_maml import MetaMAML as JaxMAML
 from parity_tests.models import TORCH_DTYPES, canonical, twin_mlps, twin_ssms
+from shared.adaptation import AdaptationConfig
 from shared.compare import Comparison, compare_trees
 from shared.layout import flax_to_torch, torch_to_flax
+from torch_impl.adaptation.test_time_adaptation import Adapter as TorchAdapter
 from torch_impl.core.ssm import SSM as TorchSSM
 from torch_impl.meta_rl.meta_maml import MetaMAML as TorchMAML
 
 # The contract's tolerances (normwise relative error); 0 means bit-exact. None: not part of the contract.
 TOLERANCES: dict[str, dict[str, float | None]] = {
     "float64": {"weights": 0.0, "outputs": 1e-10, "gradients": 1e-9, "adapted": 1e-9, "meta_gradient": 1e-8,
-                "meta_update": 1e-9},
+                "meta_update": 1e-9, "adapter": 1e-9},
     "float32": {"weights": 0.0, "outputs": 1e-5, "gradients": 1e-4, "adapted": 1e-4, "meta_gradient": 1e-3,
-                "meta_update": None},
+                "meta_update": None, "adapter": None},
 }
 # Second- and first-order meta-gradients must differ by at least this (normwise), far above rounding.
 MUST_DIFFER = 1e-6
@@ -241,6 +244,49 @@ def meta_update_trajectories(setup: Setup, steps: int = 10) -> list[Row]:
     return rows
 
 
+def adapter_trajectories(setup: Setup, steps: int = 20) -> list[Row]:
+    """The same AdaptationConfig and data give the same parameters after ``steps`` Adapter steps."""
+    if TOLERANCES[setup.dtype]["adapter"] is None:
+        return []
+    data = (setup.xs, setup.targets)
+
+    def loss_and_logits(model: Any, batch: tuple) -> tuple[Any, Any]:
+        outputs = model(batch[0])
+        return ((outputs - batch[1]) ** 2).mean(), outputs
+
+    rows = []
+    for optimizer in ("sgd", "adam", "adamw"):
+        config = AdaptationConfig(
+            optimizer=optimizer, lr=0.02, momentum=0.9 if optimizer == "sgd" else 0.0, weight_decay=0.01,
+            grad_clip_norm=0.35, trust_region=0.4, ema_decay=0.9, entropy_weight=0.1, deny=("D.*",),
+        )
+        tm, jm = setup.ssms()
+        t_adapter, j_adapter = TorchAdapter(tm, config), JaxAdapter(jm, config)
+        t_info, j_info = [], []
+        for _ in range(steps):
+            t_info.append(t_adapter.update_step(loss_and_logits, as_torch(data)))
+            j_info.append(j_adapter.update_step(loss_and_logits, data))
+        telemetry = ("loss", "entropy", "grad_norm", "drift")
+        comparison = compare_trees(
+            {"params": to_canonical(nnx.state(jm, nnx.Param)), "teacher": to_canonical(j_adapter.teacher),
+             "info": {k: np.array([i[k] for i in j_info]) for k in telemetry}},
+            {"params": canonical(tm), "teacher": canonical(t_adapter.teacher),
+             "info": {k: np.array([i[k] for i in t_info]) for k in telemetry}},
+        )
+        rows.append(row(f"Adapter, {steps} steps, {optimizer} + clip, decay, trust region, mask, EMA, entropy",
+                        setup.dtype, "adapter", comparison))
+        t_adapter.reset()
+        j_adapter.reset()
+        source_t, source_j = setup.ssms()
+        comparison = compare_trees(
+            {"torch": canonical(tm), "jax": to_canonical(nnx.state(jm, nnx.Param))},
+            {"torch": canonical(source_t), "jax": to_canonical(nnx.state(source_j, nnx.Param))},
+        )
+        rows.append(Row(f"Adapter reset() restores the source exactly ({optimizer})", setup.dtype,
+                        comparison.max_abs, comparison.rel, 0.0, comparison.passes(0.0), comparison))
+    return rows
+
+
 CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "weights_through_flax": weights_through_flax,
     "weights_through_safetensors": weights_through_safetensors,
@@ -249,6 +295,7 @@ CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "adapted_parameters": adapted_parameters,
     "meta_gradients": meta_gradient_rows,
     "meta_update_trajectories": meta_update_trajectories,
+    "adapter_trajectories": adapter_trajectories,
 }
 
 

@@ -10,7 +10,8 @@ import collections
 import dataclasses
 import fnmatch
 import math
-from typing import Any, Iterable, Literal, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from shared.config import from_dict, require_positive_float, require_positive_int
 
@@ -117,10 +118,10 @@ def _is_real(value: object) -> bool:
 def select_parameters(names: Iterable[str], config: AdaptationConfig) -> list[str]:
     """The canonical names the Adapter adapts; an empty selection is an error, not a silent no-op."""
     names = list(names)
-    chosen = [
-        n for n in names
-        if any(fnmatch.fnmatchcase(n, p) for p in config.allow) and not any(fnmatch.fnmatchcase(n, p) for p in config.deny)
-    ]
+    def matches(name: str, patterns: tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    chosen = [n for n in names if matches(n, config.allow) and not matches(n, config.deny)]
     if not chosen:
         raise ValueError(
             f"parameter selection allow={list(config.allow)} deny={list(config.deny)} matches none of the "

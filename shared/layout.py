@@ -7,7 +7,7 @@ Both conversions are pure numpy and exact (a transpose is a copy, never arithmet
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np

@@ -10,10 +10,10 @@ from tests.backends import BACKENDS, JAX, TORCH
 
 
 def adapter_for(backend, config, **model_kw):
+    import torch
+
     from jax_impl.adaptation import Adapter as JaxAdapter
     from torch_impl.adaptation import Adapter as TorchAdapter
-
-    import torch
 
     torch.manual_seed(0)  # twins built by this helper start from the same weights (JAX: nnx.Rngs(0))
     model = backend.ssm(**model_kw)
