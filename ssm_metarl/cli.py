@@ -7,16 +7,48 @@ import sys
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssm-metarl", description=__doc__.strip().splitlines()[0].rstrip("."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="meta-train the SSM on sinusoid regression and show the adaptation gain")
     demo.add_argument("--backend", choices=["torch", "jax"], default="torch")
-    demo.add_argument("--iterations", type=int, default=500, help="outer (meta) steps (default: 500)")
-    demo.add_argument("--meta-batch", type=int, default=8, help="tasks per outer step (default: 8)")
+    demo.add_argument("--iterations", type=non_negative_int, default=500, help="outer (meta) steps (default: 500)")
+    demo.add_argument("--meta-batch", type=positive_int, default=8, help="tasks per outer step (default: 8)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--output", type=Path, default=None, help="directory for demo.json (default: none)")
+
+    train = sub.add_parser("train", help="meta-train an SSM policy with MAML-RL, then evaluate on held-out tasks")
+    train.add_argument("--backend", choices=["torch", "jax"], default="torch")
+    train.add_argument("--task", choices=["nav2d", "bandit", "cartpole", "pendulum"], default="nav2d")
+    train.add_argument("--iterations", type=non_negative_int, default=150, help="meta-iterations (default: 150)")
+    train.add_argument("--meta-batch", type=positive_int, default=20, help="tasks per meta-iteration (default: 20)")
+    train.add_argument("--episodes", type=positive_int, default=20, help="episodes per task and phase (default: 20)")
+    train.add_argument("--inner-lr", type=float, default=0.1)
+    train.add_argument("--outer-lr", type=float, default=3e-3)
+    train.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (default: 0)")
+    train.add_argument("--eval-tasks", type=positive_int, default=40, help="held-out tasks (default: 40)")
+    train.add_argument("--no-native", action="store_true", help="JAX: use the numpy environments, not jit rollouts")
+    train.add_argument("--output", type=Path, default=Path("runs/train"), help="output directory (default: runs/train)")
+
+    evaluate = sub.add_parser("evaluate", help="re-run the held-out evaluation of a train checkpoint")
+    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("--backend", choices=["torch", "jax"], default=None, help="default: the checkpoint's")
+    evaluate.add_argument("--output", type=Path, default=None, help="default: the checkpoint's directory")
 
     parity = sub.add_parser("parity", help="run the PyTorch-vs-JAX parity matrix; exit 1 if a row fails")
     parity.add_argument("--dtype", choices=["float64", "float32", "both"], default="both")
@@ -40,6 +72,24 @@ def main(argv: list[str] | None = None) -> int:
             config = demo.DemoConfig(backend=args.backend, iterations=args.iterations, meta_batch=args.meta_batch,
                                      seed=args.seed)
             demo.run(config, args.output)
+            return 0
+        if args.command == "train":
+            from ssm_metarl import train
+
+            for seed in args.seeds:
+                config = train.TrainConfig(
+                    backend=args.backend, task=args.task, iterations=args.iterations, meta_batch=args.meta_batch,
+                    episodes=args.episodes, inner_lr=args.inner_lr, outer_lr=args.outer_lr, seed=seed,
+                    eval_tasks=args.eval_tasks, native=not args.no_native,
+                )
+                train.train(config, args.output / f"seed_{seed}" if len(args.seeds) > 1 else args.output)
+            if len(args.seeds) > 1:
+                train.summarize_seeds(args.output, args.seeds)
+            return 0
+        if args.command == "evaluate":
+            from ssm_metarl import train
+
+            train.evaluate_checkpoint(args.checkpoint, args.backend, args.output)
             return 0
         if args.command == "parity":
             from parity_tests.models import set_high_precision

@@ -62,9 +62,9 @@ class MetaMAML:
         # optax.adam puts eps outside the square root (eps_root=0), exactly as torch.optim.Adam does.
         self.optimizer = optax.adam(outer_lr, b1=0.9, b2=0.999, eps=1e-8)
         self.opt_state = self.optimizer.init(params)
-        self._adapt = jax.jit(self._inner_loop)
-        self._meta_gradient = jax.jit(jax.value_and_grad(self._meta_loss))
-        self._meta_step = jax.jit(self._meta_step_fn)
+        self._adapt = jax.jit(self.inner_loop)
+        self._meta_gradient = jax.jit(jax.value_and_grad(self.meta_loss))
+        self._meta_step = jax.jit(self.meta_step)
 
     @property
     def inner_lr(self) -> float:
@@ -86,14 +86,17 @@ class MetaMAML:
         return nnx.state(self.model, nnx.Param)
 
     # ------------------------------------------------------------ public API
-    def adapt(self, task_data: Any, task_labels: Any) -> Params:
+    def adapt(self, task_data: Any, task_labels: Any, *, params: Params | None = None) -> Params:
         """Run the inner loop on one task; returns the adapted ``nnx.State`` of parameters.
 
         Use it with ``nnx.merge(maml.graphdef, params, rest)`` or ``nnx.update(model, params)``.
+        ``params`` (a state like the result) starts the inner loop somewhere other than the
+        model's own parameters, e.g. for a further adaptation step.
         """
         data = self._as_array("task_data", task_data)
         labels = self._as_array("task_labels", task_labels)
-        return self._adapt(self.trainable_parameters(), self._rest(), data, labels)
+        start = self.trainable_parameters() if params is None else params
+        return self._adapt(start, self._rest(), data, labels)
 
     def meta_gradient(self, tasks: Sequence[tuple]) -> Params:
         """The meta-gradient (mean over tasks of the post-adaptation query loss), without stepping."""
@@ -113,7 +116,7 @@ class MetaMAML:
         self.opt_state = opt_state
         return float(loss)
 
-    # ------------------------------------------------------ pure functions
+    # ------------------------------------------------------ pure functions (jit-able, reusable)
     def _loss(self, params: Params, rest: nnx.State, data: Any, labels: Any) -> jax.Array:
         args = data if isinstance(data, tuple) else (data,)
         try:
@@ -126,7 +129,8 @@ class MetaMAML:
             raise ValueError(f"loss_fn must return a scalar, got shape {jnp.shape(loss)}")
         return loss
 
-    def _inner_loop(self, params: Params, rest: nnx.State, data: Any, labels: Any) -> Params:
+    def inner_loop(self, params: Params, rest: nnx.State, data: Any, labels: Any) -> Params:
+        """Pure: ``num_inner_steps`` SGD steps on one task."""
         for _ in range(self.num_inner_steps):
             grads = jax.grad(self._loss)(params, rest, data, labels)
             if self.first_order:
@@ -136,16 +140,18 @@ class MetaMAML:
 
     def _task_query_loss(self, params: Params, rest: nnx.State, task: tuple) -> jax.Array:
         support_x, support_y, query_x, query_y = task
-        return self._loss(self._inner_loop(params, rest, support_x, support_y), rest, query_x, query_y)
+        return self._loss(self.inner_loop(params, rest, support_x, support_y), rest, query_x, query_y)
 
-    def _meta_loss(self, params: Params, rest: nnx.State, tasks: tuple) -> jax.Array:
+    def meta_loss(self, params: Params, rest: nnx.State, tasks: tuple) -> jax.Array:
+        """Pure: the mean post-adaptation query loss over a stacked task batch."""
         losses = jax.vmap(self._task_query_loss, in_axes=(None, None, 0))(params, rest, tasks)
         return jnp.mean(losses)
 
-    def _meta_step_fn(
+    def meta_step(
         self, params: Params, opt_state: optax.OptState, rest: nnx.State, tasks: tuple
     ) -> tuple[Params, optax.OptState, jax.Array, Params]:
-        loss, grads = jax.value_and_grad(self._meta_loss)(params, rest, tasks)
+        """Pure: meta-gradient and one optax step; returns (params, opt_state, loss, grads)."""
+        loss, grads = jax.value_and_grad(self.meta_loss)(params, rest, tasks)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, grads
 

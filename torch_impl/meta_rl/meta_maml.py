@@ -81,18 +81,24 @@ class MetaMAML:
         return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------ public API
-    def adapt(self, task_data: Any, task_labels: Any) -> Params:
+    def adapt(self, task_data: Any, task_labels: Any, *, params: Params | None = None) -> Params:
         """Run the inner loop on one task; returns every parameter keyed like ``named_parameters()``.
 
         The result (detached) works with ``functional_call(model, params, x)``; frozen
-        parameters are included unchanged.
+        parameters are included unchanged. ``params`` (a dict like the result) starts the inner
+        loop somewhere other than the model's own parameters, e.g. for a further adaptation step.
         """
         self._check_data("task_data", task_data)
         self._check_data("task_labels", task_labels)
-        adapted = self._inner_loop(self.trainable_parameters(), task_data, task_labels, "task 0 support")
-        params = {name: p.detach() for name, p in self.model.named_parameters()}
-        params.update({name: p.detach() for name, p in adapted.items()})
-        return params
+        start = self.trainable_parameters() if params is None else params
+        missing = sorted(set(self.trainable_parameters()) - set(start))
+        if missing:
+            raise ValueError(f"params lacks trainable parameters {missing}")
+        start = {name: start[name].detach().requires_grad_() for name in self.trainable_parameters()}
+        adapted = self._inner_loop(start, task_data, task_labels, "task 0 support")
+        result = {name: p.detach() for name, p in self.model.named_parameters()}
+        result.update({name: p.detach() for name, p in adapted.items()})
+        return result
 
     def meta_gradient(self, tasks: Sequence[tuple]) -> Params:
         """The meta-gradient (mean over tasks of the post-adaptation query loss), without stepping."""
