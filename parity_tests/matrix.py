@@ -34,9 +34,9 @@ from torch_impl.meta_rl.meta_maml import MetaMAML as TorchMAML
 # The contract's tolerances (normwise relative error); 0 means bit-exact. None: not part of the contract.
 TOLERANCES: dict[str, dict[str, float | None]] = {
     "float64": {"weights": 0.0, "outputs": 1e-10, "gradients": 1e-9, "adapted": 1e-9, "meta_gradient": 1e-8,
-                "meta_update": 1e-9, "adapter": 1e-9},
+                "meta_update": 1e-9, "adapter": 1e-9, "pg_loss": 1e-10, "rl": 1e-9},
     "float32": {"weights": 0.0, "outputs": 1e-5, "gradients": 1e-4, "adapted": 1e-4, "meta_gradient": 1e-3,
-                "meta_update": None, "adapter": None},
+                "meta_update": None, "adapter": None, "pg_loss": None, "rl": None},
 }
 # Second- and first-order meta-gradients must differ by at least this (normwise), far above rounding.
 MUST_DIFFER = 1e-6
@@ -287,6 +287,77 @@ def adapter_trajectories(setup: Setup, steps: int = 20) -> list[Row]:
     return rows
 
 
+def recorded_rollouts(setup: Setup, task: str) -> tuple[list, Any]:
+    """Episodes recorded once with numpy environments and a zero-mean policy, as (support, query) pairs."""
+    from shared.env_runner import MetaEnvironment
+    from shared.rl import to_batch
+
+    meta_env = MetaEnvironment(task, seed=setup.sizes.seed)
+    dist = meta_env.distribution
+    width = dist.action_dim if dist.discrete else 2 * dist.action_dim
+    rng = np.random.default_rng(setup.sizes.seed)
+
+    def act(obs: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        return 0.3 * rng.standard_normal((obs.shape[0], width)), state
+
+    tasks = meta_env.sample_tasks(3)
+    support = meta_env.rollout(tasks, 4, act, None)
+    query = meta_env.rollout(tasks, 4, act, None)
+    pairs = [(to_batch(s, dtype=setup.dtype), to_batch(q, dtype=setup.dtype)) for s, q in zip(support, query,
+                                                                                          strict=True)]
+    return pairs, dist
+
+
+def recorded_episodes(setup: Setup, task: str) -> Any:
+    from shared.env_runner import MetaEnvironment
+
+    meta_env = MetaEnvironment(task, seed=setup.sizes.seed + 1)
+    dist = meta_env.distribution
+    width = dist.action_dim if dist.discrete else 2 * dist.action_dim
+    (episodes,) = meta_env.rollout(meta_env.sample_tasks(1), 5, lambda o, s: (np.zeros((o.shape[0], width)), s), None)
+    return episodes
+
+
+def rl_losses(setup: Setup) -> list[Row]:
+    """MAML-RL on the same recorded rollouts: PG loss, adapted parameters, meta-gradient; Nav2D and bandits."""
+    if TOLERANCES[setup.dtype]["rl"] is None:
+        return []
+    import jax_impl.meta_rl.maml_rl as jrl
+    import torch_impl.meta_rl.maml_rl as trl
+    from jax_impl.core.params import from_canonical
+
+    rows = []
+    for task in ("nav2d", "bandit"):
+        pairs, dist = recorded_rollouts(setup, task)
+        args = (dist.obs_dim, dist.action_dim, dist.discrete, setup.sizes.state_dim, setup.sizes.hidden_dim, "cpu")
+        torch.manual_seed(setup.sizes.seed)
+        t_policy = trl.SSMPolicy(*args, dtype=TORCH_DTYPES[setup.dtype])
+        j_policy = jrl.SSMPolicy(*args, dtype=setup.dtype)
+        from_canonical(j_policy, canonical(t_policy))
+        t_rl, j_rl = trl.MAMLRL(t_policy, inner_lr=0.1), jrl.MAMLRL(j_policy, inner_lr=0.1)
+        support = pairs[0][0]
+        episodes = recorded_episodes(setup, task)
+        from jax_impl.meta_rl.native import advantages as jax_advantages
+        from shared.rl import to_batch
+
+        rows.append(row(f"advantages: shared numpy vs JAX-native ({task})", setup.dtype, "pg_loss", compare_trees(
+            jax_advantages(jnp.asarray(episodes.obs, setup.dtype), jnp.asarray(episodes.rewards, setup.dtype),
+                           jnp.asarray(episodes.mask, setup.dtype)),
+            to_batch(episodes, dtype=setup.dtype).advantages)))
+        rows.append(Row(*_scalar_row(f"policy-gradient loss ({task})", setup.dtype, j_rl.inner_loss(support),
+                                     t_rl.inner_loss(support), TOLERANCES[setup.dtype]["pg_loss"])))
+        rows.append(row(f"MAML-RL adapted parameters ({task})", setup.dtype, "rl",
+                        compare_trees(to_canonical(j_rl.adapt(support)), t_rl.adapt(support))))
+        rows.append(row(f"MAML-RL meta-gradient, second order ({task})", setup.dtype, "rl",
+                        compare_trees(to_canonical(j_rl.meta_gradient(pairs)), t_rl.meta_gradient(pairs))))
+    return rows
+
+
+def _scalar_row(quantity: str, dtype: str, actual: float, expected: float, tol: float) -> tuple:
+    comparison = compare_trees(np.array(actual), np.array(expected))
+    return quantity, dtype, comparison.max_abs, comparison.rel, tol, comparison.passes(tol), comparison
+
+
 CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "weights_through_flax": weights_through_flax,
     "weights_through_safetensors": weights_through_safetensors,
@@ -296,6 +367,7 @@ CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "meta_gradients": meta_gradient_rows,
     "meta_update_trajectories": meta_update_trajectories,
     "adapter_trajectories": adapter_trajectories,
+    "rl_losses": rl_losses,
 }
 
 

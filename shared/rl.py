@@ -60,7 +60,7 @@ def discounted_returns(rewards: np.ndarray, mask: np.ndarray, gamma: float = GAM
 
 def baseline_features(obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Duan et al. (2016) features: ``[obs, obs^2, t, t^2, t^3, 1]`` with ``t`` in hundreds of steps."""
-    steps = np.broadcast_to(np.arange(obs.shape[1], dtype=np.float64)[None, :, None] / 100.0, obs.shape[:2] + (1,))
+    steps = np.broadcast_to(np.arange(obs.shape[1], dtype=np.float64)[None, :, None] / 100.0, (*obs.shape[:2], 1))
     obs = np.clip(obs.astype(np.float64), -10, 10)
     features = np.concatenate([obs, obs**2, steps, steps**2, steps**3, np.ones_like(steps)], axis=-1)
     return features * mask[..., None]

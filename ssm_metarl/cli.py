@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--episodes", type=positive_int, default=20, help="episodes per task and phase (default: 20)")
     train.add_argument("--inner-lr", type=float, default=0.1)
     train.add_argument("--outer-lr", type=float, default=3e-3)
+    train.add_argument("--init-log-std", type=float, default=0.0, help="Gaussian policies' initial log std")
+    train.add_argument("--r-min", type=float, default=None,
+                       help="SSM decays start in [r-min, r-max] (default: the task's; short for Markov tasks)")
+    train.add_argument("--r-max", type=float, default=None)
     train.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (default: 0)")
     train.add_argument("--eval-tasks", type=positive_int, default=40, help="held-out tasks (default: 40)")
     train.add_argument("--no-native", action="store_true", help="JAX: use the numpy environments, not jit rollouts")
@@ -49,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", type=Path)
     evaluate.add_argument("--backend", choices=["torch", "jax"], default=None, help="default: the checkpoint's")
     evaluate.add_argument("--output", type=Path, default=None, help="default: the checkpoint's directory")
+
+    bench = sub.add_parser("bench", help="the PyTorch-vs-JAX benchmark suite (see benchmarks/compare.py)",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
     parity = sub.add_parser("parity", help="run the PyTorch-vs-JAX parity matrix; exit 1 if a row fails")
     parity.add_argument("--dtype", choices=["float64", "float32", "both"], default="both")
@@ -64,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser (benchmarks/compare.py) takes every option, --help included
+        from benchmarks import compare
+
+        return compare.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
@@ -80,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 config = train.TrainConfig(
                     backend=args.backend, task=args.task, iterations=args.iterations, meta_batch=args.meta_batch,
                     episodes=args.episodes, inner_lr=args.inner_lr, outer_lr=args.outer_lr, seed=seed,
+                    init_log_std=args.init_log_std, r_min=args.r_min, r_max=args.r_max,
                     eval_tasks=args.eval_tasks, native=not args.no_native,
                 )
                 train.train(config, args.output / f"seed_{seed}" if len(args.seeds) > 1 else args.output)

@@ -23,10 +23,14 @@ from shared.weights import load_weights, save_weights
 from ssm_metarl.rl_loop import batches, evaluate, meta_iteration, rollout
 
 NATIVE_TASKS = ("nav2d", "bandit")
+# Markov tasks want a short memory (the current observation matters); bandits need a long one.
+DECAY_RING = {"nav2d": (0.01, 0.5), "cartpole": (0.01, 0.5), "pendulum": (0.01, 0.5), "bandit": (0.9, 0.999)}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """Everything a training run depends on; stored in the checkpoint."""
+
     backend: str = "torch"
     task: str = "nav2d"
     iterations: int = 150
@@ -36,12 +40,18 @@ class TrainConfig:
     hidden_dim: int = 32
     inner_lr: float = 0.1
     outer_lr: float = 3e-3
+    init_log_std: float = 0.0  # Gaussian policies: initial log standard deviation
+    r_min: float | None = None  # the SSM's decays start in [r_min, r_max] (its memory); None: the task's
+    r_max: float | None = None
     seed: int = 0
     eval_tasks: int = 40
     eval_episodes: int = 20
     native: bool = True  # JAX only: the jit-compiled rollouts where the task family has them
 
     def __post_init__(self) -> None:
+        default_min, default_max = DECAY_RING.get(self.task, (0.9, 0.999))
+        object.__setattr__(self, "r_min", default_min if self.r_min is None else self.r_min)
+        object.__setattr__(self, "r_max", default_max if self.r_max is None else self.r_max)
         if self.backend not in ("torch", "jax"):
             raise ValueError(f"backend must be 'torch' or 'jax', got {self.backend!r}")
         get_distribution(self.task)
@@ -59,24 +69,26 @@ def initial_weights(config: TrainConfig, distribution: TaskDistribution) -> dict
 
     torch.manual_seed(config.seed)
     policy = SSMPolicy(distribution.obs_dim, distribution.action_dim, distribution.discrete, config.state_dim,
-                       config.hidden_dim, "cpu")
+                       config.hidden_dim, "cpu", init_log_std=config.init_log_std, r_min=config.r_min,
+                       r_max=config.r_max)
     return {name: t.detach().numpy().copy() for name, t in policy.state_dict().items()}
 
 
 def make_learner(config: TrainConfig, distribution: TaskDistribution, weights: dict[str, np.ndarray]) -> Any:
     args = (distribution.obs_dim, distribution.action_dim, distribution.discrete, config.state_dim, config.hidden_dim)
+    ring = {"r_min": config.r_min, "r_max": config.r_max}
     if config.backend == "torch":
         import torch
 
         from torch_impl.meta_rl.maml_rl import MAMLRL, SSMPolicy
 
-        policy = SSMPolicy(*args, "cpu")
+        policy = SSMPolicy(*args, "cpu", **ring)
         policy.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
         return MAMLRL(policy, config.inner_lr, config.outer_lr)
     from jax_impl.core.params import from_canonical
     from jax_impl.meta_rl.maml_rl import MAMLRL, SSMPolicy
 
-    policy = SSMPolicy(*args, "cpu")
+    policy = SSMPolicy(*args, "cpu", **ring)
     from_canonical(policy, weights)
     return MAMLRL(policy, config.inner_lr, config.outer_lr)
 

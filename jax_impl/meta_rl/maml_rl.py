@@ -29,9 +29,11 @@ class SSMPolicy(nnx.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, discrete: bool, state_dim: int, hidden_dim: int,
                  device: str | jax.Device, *, dtype: Any = jnp.float32, init_log_std: float = 0.0,
+                 r_min: float = 0.9, r_max: float = 0.999,
                  rngs: nnx.Rngs | None = None) -> None:
         self.discrete = discrete
-        self.ssm = SSM(state_dim, obs_dim, action_dim, hidden_dim, device, dtype=dtype, rngs=rngs)
+        self.ssm = SSM(state_dim, obs_dim, action_dim, hidden_dim, device, r_min=r_min, r_max=r_max, dtype=dtype,
+                       rngs=rngs)
         if not discrete:
             self.log_std = nnx.Param(jnp.full((action_dim,), init_log_std, dtype=dtype))
 

@@ -52,7 +52,7 @@ def discounted_returns(rewards: jax.Array, mask: jax.Array, gamma: float = GAMMA
 
 
 def baseline_features(obs: jax.Array, mask: jax.Array) -> jax.Array:
-    steps = jnp.broadcast_to(jnp.arange(obs.shape[1], dtype=mask.dtype)[None, :, None] / 100.0, obs.shape[:2] + (1,))
+    steps = jnp.broadcast_to(jnp.arange(obs.shape[1], dtype=mask.dtype)[None, :, None] / 100.0, (*obs.shape[:2], 1))
     obs = jnp.clip(obs.astype(mask.dtype), -10, 10)
     features = jnp.concatenate([obs, obs**2, steps, steps**2, steps**3, jnp.ones_like(steps)], axis=-1)
     return features * mask[..., None]

@@ -110,8 +110,8 @@ class PendulumTasks(TaskDistribution):
     horizon: int = 200
 
     def sample(self, n: int, rng: np.random.Generator) -> list[Task]:
-        return [{"m": float(rng.uniform(0.5, 1.5)), "l": float(rng.uniform(0.5, 1.5)), "g": float(rng.uniform(8.0, 12.0)),
-                 "flip": bool(rng.random() < 0.5)} for _ in range(n)]
+        return [{"m": float(rng.uniform(0.5, 1.5)), "l": float(rng.uniform(0.5, 1.5)),
+                 "g": float(rng.uniform(8.0, 12.0)), "flip": bool(rng.random() < 0.5)} for _ in range(n)]
 
 
 DISTRIBUTIONS: dict[str, TaskDistribution] = {

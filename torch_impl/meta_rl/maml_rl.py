@@ -28,10 +28,11 @@ class SSMPolicy(nn.Module):
     """
 
     def __init__(self, obs_dim: int, action_dim: int, discrete: bool, state_dim: int, hidden_dim: int,
-                 device: str | torch.device, *, dtype: torch.dtype = torch.float32, init_log_std: float = 0.0) -> None:
+                 device: str | torch.device, *, dtype: torch.dtype = torch.float32, init_log_std: float = 0.0,
+                 r_min: float = 0.9, r_max: float = 0.999) -> None:
         super().__init__()
         self.discrete = discrete
-        self.ssm = SSM(state_dim, obs_dim, action_dim, hidden_dim, device, dtype=dtype)
+        self.ssm = SSM(state_dim, obs_dim, action_dim, hidden_dim, device, r_min=r_min, r_max=r_max, dtype=dtype)
         if not discrete:
             self.log_std = nn.Parameter(torch.full((action_dim,), init_log_std, dtype=dtype, device=device))
 
