@@ -31,8 +31,10 @@ def test_demo_runs_and_writes_json(tmp_path, capsys, backend):
 
 
 def test_bad_argument_is_a_clear_error(capsys):
-    assert main(["demo", "--iterations", "2", "--meta-batch", "0"]) == 2
-    assert "error" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        main(["demo", "--iterations", "2", "--meta-batch", "0"])
+    assert err.value.code == 2
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_parity_command_prints_and_writes_the_matrix(tmp_path, capsys):

@@ -64,14 +64,17 @@ class SSM(nn.Module):
         self.D = nn.Linear(input_dim, output_dim, **kw)
 
     # ---------------------------------------------------------------- maths
+    def params(self) -> dict[str, torch.Tensor]:
+        """The parameters by canonical name (under ``functional_call``, the substituted ones)."""
+        return dict(self.named_parameters())
+
     def decay_and_gain(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lambda, gamma)``, each ``(state_dim,)``."""
-        rate = torch.exp(self.nu_log)
-        return torch.exp(-rate), torch.sqrt(-torch.expm1(-2.0 * rate))
+        return ssm_decay_and_gain(self.nu_log)
 
     def readout(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``(..., S), (..., I) -> (..., O)``."""
-        return self.W2(F.gelu(self.W1(h))) + self.D(x)
+        return ssm_readout(self.params(), h, x)
 
     # ----------------------------------------------------------- entry points
     def forward(
@@ -92,12 +95,9 @@ class SSM(nn.Module):
         """
         self._check_input(x, ranks=(2,))
         self._check_state(state, x.shape[0])
-        decay, gain = self.decay_and_gain()
         if start is not None:
             start = self._check_starts(start, x.shape[:1])
-            state = state * (1.0 - start).unsqueeze(-1)
-        new_state = decay * state + gain * self.B(x)
-        return self.readout(new_state, x), new_state
+        return ssm_step(self.params(), x, state, start)
 
     def init_state(self, batch_size: int) -> torch.Tensor:
         """Zeros ``(batch_size, state_dim)`` on the parameters' device and dtype."""
@@ -131,7 +131,7 @@ class SSM(nn.Module):
         batch, length = xs.shape[:2]
         state = self._state_or_zeros(state, batch)
         decay, gain = self.decay_and_gain()
-        inputs = gain * self.B(xs)  # (B, T, S)
+        inputs = gain * F.linear(xs, self.B.weight, self.B.bias)  # (B, T, S)
         decays = decay.expand_as(inputs)
         if starts is not None:
             decays = decays * (1.0 - self._check_starts(starts, (batch, length))).unsqueeze(-1)
@@ -204,6 +204,31 @@ class SSM(nn.Module):
         return starts.to(self.nu_log.dtype)
 
 
+def ssm_decay_and_gain(nu_log: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lambda = exp(-exp(nu_log))`` and ``gamma = sqrt(1 - lambda^2)``, computed stably."""
+    rate = torch.exp(nu_log)
+    return torch.exp(-rate), torch.sqrt(-torch.expm1(-2.0 * rate))
+
+
+def ssm_readout(params: dict[str, torch.Tensor], h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``W2 gelu(W1 h + b1) + b2 + D x + b_D``; ``params`` by canonical name."""
+    hidden = F.gelu(F.linear(h, params["W1.weight"], params["W1.bias"]))
+    return F.linear(hidden, params["W2.weight"], params["W2.bias"]) + F.linear(x, params["D.weight"], params["D.bias"])
+
+
+def ssm_step(params: dict[str, torch.Tensor], x: torch.Tensor, state: torch.Tensor,
+         start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the SSM as a pure function of its parameters (no checks): ``(y, new_state)``.
+
+    Pure, so ``torch.func.vmap`` can map it over stacked parameters (one set per task).
+    """
+    decay, gain = ssm_decay_and_gain(params["nu_log"])
+    if start is not None:
+        state = state * (1.0 - start).unsqueeze(-1)
+    new_state = decay * state + gain * F.linear(x, params["B.weight"], params["B.bias"])
+    return ssm_readout(params, new_state, x), new_state
+
+
 def sequential_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     """``h_t = decays_t * h_{t-1} + inputs_t`` step by step. ``(B, T, S)`` each, ``state (B, S)``."""
     hs = []
@@ -224,6 +249,7 @@ def parallel_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Tenso
     length = inputs.shape[1]
     for level in range(math.ceil(math.log2(length)) if length > 1 else 0):
         shift = 1 << level
-        b = torch.cat([b[:, :shift], a[:, shift:] * b[:, :-shift] + b[:, shift:]], dim=1)
-        a = torch.cat([a[:, :shift], a[:, shift:] * a[:, :-shift]], dim=1)
+        # Element t combines with element t - shift; the first `shift` elements meet the identity (1, 0).
+        b = a * F.pad(b[:, :-shift], (0, 0, shift, 0)) + b
+        a = a * F.pad(a[:, :-shift], (0, 0, shift, 0), value=1.0)
     return b

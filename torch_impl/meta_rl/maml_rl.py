@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call
 
 from shared.rl import RLBatch
-from torch_impl.core.ssm import SSM
+from torch_impl.core.ssm import SSM, ssm_step
 from torch_impl.meta_rl.meta_maml import MetaMAML, Params
 
 
@@ -37,10 +37,22 @@ class SSMPolicy(nn.Module):
             self.log_std = nn.Parameter(torch.full((action_dim,), init_log_std, dtype=dtype, device=device))
 
     def forward(self, obs: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        out, final = self.ssm.scan(obs, state)
-        if self.discrete:
-            return out, final
-        return torch.cat([out, self.log_std.expand_as(out)], dim=-1), final
+        # The parallel scan: far fewer autograd nodes than T sequential steps under double backward.
+        out, final = self.ssm.scan(obs, state, mode="parallel")
+        return self._dist_params(out, getattr(self, "log_std", None)), final
+
+    def _dist_params(self, out: torch.Tensor, log_std: torch.Tensor | None) -> torch.Tensor:
+        return out if self.discrete else torch.cat([out, log_std.expand_as(out)], dim=-1)
+
+    def act_step(self, params: dict[str, torch.Tensor], obs: torch.Tensor,
+                 state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One acting step as a pure function of ``params`` (no checks), for ``torch.func.vmap`` over tasks.
+
+        ``obs (N, obs_dim)``, ``state (N, S)`` -> ``(dist_params (N, D), new_state)``.
+        """
+        ssm_params = {name[len("ssm."):]: value for name, value in params.items() if name.startswith("ssm.")}
+        out, state = ssm_step(ssm_params, obs, state)
+        return self._dist_params(out, params.get("log_std")), state
 
 
 def log_prob(dist_params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -76,23 +88,32 @@ class MAMLRL:
         return {name: p.detach() for name, p in self.policy.named_parameters()}
 
     def act_fn(self, params: list[Params], episodes_per_task: int) -> Any:
-        """``act(obs, state)`` for a task-major batch: task ``i`` acts with ``params[i]``."""
+        """``act(obs, state)`` for a task-major batch: task ``i`` acts with ``params[i]`` (one vmapped call;
+        one plain batched call when every task shares the same parameters)."""
         dtype = next(self.policy.parameters()).dtype
+        shared = all(p is params[0] for p in params)
+        if shared:
+            weights = {name: value.detach() for name, value in params[0].items()}
+            step = self.policy.act_step
+        else:
+            weights = {name: torch.stack([p[name].detach() for p in params]) for name in params[0]}
+            step = torch.func.vmap(self.policy.act_step)
+        width = len(params) * episodes_per_task
 
         @torch.no_grad()
-        def act(obs: np.ndarray, state: list[torch.Tensor | None]) -> tuple[np.ndarray, list]:
-            x = torch.from_numpy(obs).to(dtype).reshape(len(params), episodes_per_task, 1, -1)
-            outs, new_state = [], []
-            for i, p in enumerate(params):
-                out, h = functional_call(self.policy, p, (x[i], state[i]))
-                outs.append(out[:, 0])
-                new_state.append(h)
-            return torch.cat(outs).numpy(), new_state
+        def act(obs: np.ndarray, state: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+            x = torch.from_numpy(obs).to(dtype)
+            if shared:
+                out, state = step(weights, x, state.reshape(width, -1))
+                return out.numpy(), state.reshape(len(params), episodes_per_task, -1)
+            out, state = step(weights, x.reshape(len(params), episodes_per_task, -1), state)
+            return out.reshape(width, -1).numpy(), state
 
         return act
 
-    def initial_state(self, n_tasks: int, episodes_per_task: int) -> list[None]:
-        return [None] * n_tasks  # None: the SSM starts from zeros
+    def initial_state(self, n_tasks: int, episodes_per_task: int) -> torch.Tensor:
+        state_dim = self.policy.ssm.config.state_dim
+        return torch.zeros(n_tasks, episodes_per_task, state_dim, dtype=next(self.policy.parameters()).dtype)
 
     def to_tensors(self, batch: RLBatch) -> tuple[torch.Tensor, tuple]:
         dtype = next(self.policy.parameters()).dtype

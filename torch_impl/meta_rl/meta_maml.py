@@ -95,7 +95,7 @@ class MetaMAML:
         if missing:
             raise ValueError(f"params lacks trainable parameters {missing}")
         start = {name: start[name].detach().requires_grad_() for name in self.trainable_parameters()}
-        adapted = self._inner_loop(start, task_data, task_labels, "task 0 support")
+        adapted = self._inner_loop(start, task_data, task_labels, "task 0 support", create_graph=False)
         result = {name: p.detach() for name, p in self.model.named_parameters()}
         result.update({name: p.detach() for name, p in adapted.items()})
         return result
@@ -128,7 +128,8 @@ class MetaMAML:
         total = {name: torch.zeros_like(p) for name, p in params.items()}
         total_loss = torch.zeros((), dtype=next(iter(params.values())).dtype)
         for i, (support_x, support_y, query_x, query_y) in enumerate(tasks):
-            adapted = self._inner_loop(params, support_x, support_y, f"task {i} support")
+            adapted = self._inner_loop(params, support_x, support_y, f"task {i} support",
+                                       create_graph=not self.first_order)
             query_loss = self._loss(adapted, query_x, query_y, f"task {i} query") / len(tasks)
             grads = torch.autograd.grad(query_loss, list(params.values()), allow_unused=True)
             for (name, _p), g in zip(params.items(), grads, strict=True):
@@ -137,8 +138,8 @@ class MetaMAML:
             total_loss = total_loss + query_loss.detach().cpu()
         return total, total_loss
 
-    def _inner_loop(self, params: Params, data: Any, labels: Any, where: str) -> Params:
-        create_graph = not self.first_order
+    def _inner_loop(self, params: Params, data: Any, labels: Any, where: str, create_graph: bool) -> Params:
+        """SGD steps; ``create_graph`` keeps the graph for second-order meta-gradients."""
         for _ in range(self.num_inner_steps):
             loss = self._loss(params, data, labels, where)
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
