@@ -59,12 +59,13 @@ class MetaMAML:
         self.graphdef, params, _ = nnx.split(model, nnx.Param, ...)
         if not jax.tree.leaves(params):
             raise ValueError("model has no nnx.Param variables; expected at least one to meta-train")
+        self.dtype = jax.tree.leaves(params)[0].dtype
         # optax.adam puts eps outside the square root (eps_root=0), exactly as torch.optim.Adam does.
         self.optimizer = optax.adam(outer_lr, b1=0.9, b2=0.999, eps=1e-8)
         self.opt_state = self.optimizer.init(params)
         self._adapt = jax.jit(self.inner_loop)
         self._meta_gradient = jax.jit(jax.value_and_grad(self.meta_loss))
-        self._meta_step = jax.jit(self.meta_step)
+        self._meta_step = jax.jit(self._checked_meta_step)
 
     @property
     def inner_lr(self) -> float:
@@ -93,8 +94,8 @@ class MetaMAML:
         ``params`` (a state like the result) starts the inner loop somewhere other than the
         model's own parameters, e.g. for a further adaptation step.
         """
-        data = self._as_array("task_data", task_data)
-        labels = self._as_array("task_labels", task_labels)
+        data = _to_jax(self._as_array("task_data", task_data))
+        labels = _to_jax(self._as_array("task_labels", task_labels))
         start = self.trainable_parameters() if params is None else params
         return self._adapt(start, self._rest(), data, labels)
 
@@ -107,10 +108,10 @@ class MetaMAML:
 
         A non-finite loss or meta-gradient raises ``ValueError`` and leaves the model unchanged.
         """
-        params, opt_state, loss, grads = self._meta_step(
-            self.trainable_parameters(), self.opt_state, self._rest(), self._stack(tasks)
-        )
-        if not bool(jnp.isfinite(loss)) or not all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads)):
+        batch = self._stack(tasks)
+        _, params, rest = nnx.split(self.model, nnx.Param, ...)
+        params, opt_state, loss, finite = self._meta_step(params, self.opt_state, rest, batch)
+        if not bool(finite):
             raise ValueError("meta_update: the query loss or meta-gradient is NaN/Inf; the model was not changed")
         nnx.update(self.model, params)
         self.opt_state = opt_state
@@ -155,22 +156,27 @@ class MetaMAML:
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, grads
 
+    def _checked_meta_step(self, params: Params, opt_state: optax.OptState, rest: nnx.State, tasks: tuple) -> tuple:
+        """``meta_step`` plus one flag: are the loss and every meta-gradient entry finite?"""
+        params, opt_state, loss, grads = self.meta_step(params, opt_state, rest, tasks)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+        return params, opt_state, loss, finite
+
     # ------------------------------------------------------------ checks
     def _rest(self) -> nnx.State:
         return nnx.split(self.model, nnx.Param, ...)[2]
 
     def _param_dtype(self) -> jnp.dtype:
-        return jax.tree.leaves(self.trainable_parameters())[0].dtype
+        return self.dtype
 
     def _as_array(self, name: str, value: Any) -> Any:
         if isinstance(value, (tuple, list)):
             return tuple(self._as_array(f"{name}[{i}]", item) for i, item in enumerate(value))
         if not isinstance(value, (jax.Array, np.ndarray)):
             raise TypeError(f"{name} must be a jax or numpy array (or a tuple of them), got {type(value).__name__}")
-        value = jnp.asarray(value)
         if jnp.issubdtype(value.dtype, jnp.floating):
-            if value.dtype != self._param_dtype():
-                raise TypeError(f"{name} must have dtype {self._param_dtype()} (the model's), got {value.dtype}")
+            if value.dtype != self.dtype:
+                raise TypeError(f"{name} must have dtype {self.dtype} (the model's), got {value.dtype}")
             check_finite(name, value)
         return value
 
@@ -182,11 +188,17 @@ class MetaMAML:
             for i, task in enumerate(check_tasks(tasks))
         ]
         first = jax.tree.structure(checked[0])
-        shapes = [jax.tree.map(jnp.shape, t) for t in checked]
+        shapes = [jax.tree.map(np.shape, t) for t in checked]
         for i, task in enumerate(checked):
             if jax.tree.structure(task) != first or shapes[i] != shapes[0]:
                 raise ValueError(
                     f"all tasks must have the same structure and shapes to be vmapped: task 0 has {shapes[0]}, "
                     f"task {i} has {shapes[i]}"
                 )
-        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *checked)
+        # numpy inputs are stacked on the host and moved once; jax inputs are stacked on the device
+        stack = np.stack if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(checked)) else jnp.stack
+        return jax.tree.map(lambda *leaves: jnp.asarray(stack(leaves)), *checked)
+
+
+def _to_jax(tree: Any) -> Any:
+    return jax.tree.map(jnp.asarray, tree)

@@ -132,13 +132,13 @@ class SSM(nn.Module):
         state = self._state_or_zeros(state, batch)
         decay, gain = self.decay_and_gain()
         inputs = gain * F.linear(xs, self.B.weight, self.B.bias)  # (B, T, S)
-        decays = decay.expand_as(inputs)
+        decays = decay  # (S,) while no episode restarts inside the sequence: fewer autograd nodes
         if starts is not None:
-            decays = decays * (1.0 - self._check_starts(starts, (batch, length))).unsqueeze(-1)
+            decays = decay * (1.0 - self._check_starts(starts, (batch, length))).unsqueeze(-1)
         if mode == "sequential":
             return sequential_scan(decays, inputs, state)
         if mode == "parallel":
-            return parallel_scan(decays, inputs, state)
+            return parallel_scan(decays.expand_as(inputs), inputs, state)
         raise ValueError(f"mode must be 'sequential' or 'parallel', got {mode!r}")
 
     # ------------------------------------------------------------- weights
@@ -230,10 +230,11 @@ def ssm_step(params: dict[str, torch.Tensor], x: torch.Tensor, state: torch.Tens
 
 
 def sequential_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-    """``h_t = decays_t * h_{t-1} + inputs_t`` step by step. ``(B, T, S)`` each, ``state (B, S)``."""
+    """``h_t = decays_t * h_{t-1} + inputs_t`` step by step. ``inputs (B, T, S)``, ``state (B, S)``,
+    ``decays`` ``(B, T, S)`` or one ``(S,)`` for every step."""
     hs = []
     for t in range(inputs.shape[1]):
-        state = decays[:, t] * state + inputs[:, t]
+        state = (decays if decays.dim() == 1 else decays[:, t]) * state + inputs[:, t]
         hs.append(state)
     return torch.stack(hs, dim=1)
 
