@@ -143,14 +143,13 @@ def run_evaluation(learner: Any, config: TrainConfig, distribution: TaskDistribu
     report["after_adapter"] = summarize(adapted)
     report["adapter_config"] = adapter_config.to_dict()
     if distribution.name == "bandit":
-        report["random_policy_regret"] = random_bandit_regret(distribution, tasks)
+        best = distribution.horizon * np.array([max(t["means"]) for t in tasks])
+        report["regret"] = {key: summarize(list(best - np.array(values)))
+                            for key, values in [*(((f"after_{k}_steps"), v) for k, v in per_step.items()),
+                                                ("after_adapter", adapted)]}
+        report["random_policy_regret"] = float(np.mean(best - distribution.horizon * np.array(
+            [np.mean(t["means"]) for t in tasks])))
     return report
-
-
-def random_bandit_regret(distribution: TaskDistribution, tasks: list) -> float:
-    """Expected regret of the uniformly random policy over the held-out bandits (pulls x mean gap)."""
-    gaps = [max(t["means"]) - float(np.mean(t["means"])) for t in tasks]
-    return float(distribution.horizon * np.mean(gaps))
 
 
 def train(config: TrainConfig, output: Path) -> dict[str, Any]:
@@ -224,9 +223,9 @@ def print_report(report: dict[str, Any], distribution: TaskDistribution, output:
         print(f"  {label:<24} {report[key]['mean']:>9.2f} ± {report[key]['se']:.2f}")
     gain = report["after_1_steps"]["mean"] - report["after_0_steps"]["mean"]
     print(f"  gain after 1 step        {gain:>9.2f}")
-    if "random_policy_regret" in report:
-        best = [report["after_0_steps"]["mean"]]
-        print(f"  random-policy regret     {report['random_policy_regret']:>9.2f} (reward of pulls: {best[0]:.2f})")
+    if "regret" in report:
+        print(f"  regret before adaptation {report['regret']['after_0_steps']['mean']:>9.2f} "
+              f"(a uniformly random policy: {report['random_policy_regret']:.2f})")
     print(f"results written to {output}")
 
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
+from jax_impl.core.params import SplitCache
 from shared.adaptation import AdaptationConfig, History, select_parameters
 from shared.layout import canonical_name
 
@@ -87,6 +89,8 @@ class Adapter:
         self.optimizer = build_optimizer(config, self.mask)
         self.history = History(config.history_size)
         self._compiled: dict[LossFn, Callable] = {}
+        self._split = SplitCache(model)
+        self._drift_params: nnx.State | None = None
         self._start()
 
     # ------------------------------------------------------------ public API
@@ -101,25 +105,28 @@ class Adapter:
         if not self.config.enabled:
             info["skipped"] = "disabled"
             return info
-        step = self._compiled.setdefault(loss_fn, jax.jit(lambda *args: self._step(loss_fn, *args)))
+        if loss_fn not in self._compiled:
+            self._compiled[loss_fn] = jax.jit(lambda *args: self._step(loss_fn, *args))
         for _ in range(self.config.steps_per_call):
-            params, opt_state, teacher, loss, ent, norm, drift = step(
-                self._params(), self.opt_state, self.teacher, nnx.state(self.model, nnx.Not(nnx.Param)), batch
-            )
+            params, rest = self._split.get()
+            params, opt_state, teacher, loss, ent, norm, drift = self._compiled[loss_fn](
+                params, self.opt_state, self.teacher, rest, batch)
+            loss, ent, norm, drift = jax.device_get((loss, ent, norm, drift))  # one transfer for all four
             info["loss"], info["entropy"] = float(loss), None if ent is None else float(ent)
             info["grad_norm"] = float(norm)
-            if not jnp.isfinite(loss):
+            if not np.isfinite(loss):
                 info["skipped"] = "non-finite loss"
                 break
-            if not jnp.isfinite(norm):
+            if not np.isfinite(norm):
                 info["skipped"] = "non-finite gradient"
                 break
-            nnx.update(self.model, params)
+            self._split.commit(params)
             self.opt_state, self.teacher = opt_state, teacher
             self.update_count += 1
+            self._drift, self._drift_params = float(drift), params
+            info["drift"] = self._drift
             info["steps"] += 1
             info["updated"] = True
-            info["drift"] = float(drift)
         self.observe(**info)
         if self.config.reset == "every_n" and self.update_count >= self.config.reset_every:
             self.reset()
@@ -131,7 +138,10 @@ class Adapter:
 
     def drift(self) -> float:
         """L2 distance of the selected parameters from the source parameters."""
-        return float(self._distance(self._params()))
+        if self._split.get()[0] is not self._drift_params:  # recompute only if the parameters changed
+            self._drift_params = self._split.get()[0]
+            self._drift = float(self._distance(self._drift_params))
+        return self._drift
 
     def reset(self) -> None:
         """Restore the source parameters, other variables, optimizer state and EMA teacher exactly."""

@@ -148,13 +148,13 @@ class SSM(nnx.Module):
         state = self._state_or_zeros(state, batch)
         decay, gain = self.decay_and_gain()
         inputs = gain * self.B(xs)  # (B, T, S)
-        decays = jnp.broadcast_to(decay, inputs.shape)
+        decays = decay  # (S,) while no episode restarts inside the sequence: less to carry through the scan
         if starts is not None:
-            decays = decays * (1.0 - self._check_starts(starts, (batch, length)))[..., None]
+            decays = decay * (1.0 - self._check_starts(starts, (batch, length)))[..., None]
         if mode == "sequential":
             return sequential_scan(decays, inputs, state)
         if mode == "parallel":
-            return parallel_scan(decays, inputs, state)
+            return parallel_scan(jnp.broadcast_to(decays, inputs.shape), inputs, state)
         raise ValueError(f"mode must be 'sequential' or 'parallel', got {mode!r}")
 
     # ------------------------------------------------------------- weights
@@ -215,14 +215,16 @@ def check_finite(name: str, x: Array) -> None:
 
 
 def sequential_scan(decays: Array, inputs: Array, state: Array) -> Array:
-    """``h_t = decays_t * h_{t-1} + inputs_t`` with ``lax.scan``. ``(B, T, S)`` each, ``state (B, S)``."""
+    """``h_t = decays_t * h_{t-1} + inputs_t`` with ``lax.scan``. ``inputs (B, T, S)``, ``state (B, S)``,
+    ``decays`` ``(B, T, S)`` or one ``(S,)`` for every step."""
 
     def body(h: Array, a_and_b: tuple[Array, Array]) -> tuple[Array, Array]:
         a, b = a_and_b
-        h = a * h + b
+        h = (decays if a is None else a) * h + b
         return h, h
 
-    _, hs = jax.lax.scan(body, state, (jnp.swapaxes(decays, 0, 1), jnp.swapaxes(inputs, 0, 1)))
+    per_step = None if decays.ndim == 1 else jnp.swapaxes(decays, 0, 1)
+    _, hs = jax.lax.scan(body, state, (per_step, jnp.swapaxes(inputs, 0, 1)))
     return jnp.swapaxes(hs, 0, 1)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax_impl.core.params import SplitCache
 from jax_impl.core.ssm import check_finite
 from shared.config import MetaConfig
 from shared.validation import check_tasks
@@ -60,6 +61,7 @@ class MetaMAML:
         if not jax.tree.leaves(params):
             raise ValueError("model has no nnx.Param variables; expected at least one to meta-train")
         self.dtype = jax.tree.leaves(params)[0].dtype
+        self._split = SplitCache(model)
         # optax.adam puts eps outside the square root (eps_root=0), exactly as torch.optim.Adam does.
         self.optimizer = optax.adam(outer_lr, b1=0.9, b2=0.999, eps=1e-8)
         self.opt_state = self.optimizer.init(params)
@@ -96,12 +98,12 @@ class MetaMAML:
         """
         data = _to_jax(self._as_array("task_data", task_data))
         labels = _to_jax(self._as_array("task_labels", task_labels))
-        start = self.trainable_parameters() if params is None else params
-        return self._adapt(start, self._rest(), data, labels)
+        own, rest = self._split.get()
+        return self._adapt(own if params is None else params, rest, data, labels)
 
     def meta_gradient(self, tasks: Sequence[tuple]) -> Params:
         """The meta-gradient (mean over tasks of the post-adaptation query loss), without stepping."""
-        return self._meta_gradient(self.trainable_parameters(), self._rest(), self._stack(tasks))[1]
+        return self._meta_gradient(*self._split.get(), self._stack(tasks))[1]
 
     def meta_update(self, tasks: Sequence[tuple]) -> float:
         """One outer Adam step; returns the mean query loss after adaptation.
@@ -109,11 +111,11 @@ class MetaMAML:
         A non-finite loss or meta-gradient raises ``ValueError`` and leaves the model unchanged.
         """
         batch = self._stack(tasks)
-        _, params, rest = nnx.split(self.model, nnx.Param, ...)
+        params, rest = self._split.get()
         params, opt_state, loss, finite = self._meta_step(params, self.opt_state, rest, batch)
         if not bool(finite):
             raise ValueError("meta_update: the query loss or meta-gradient is NaN/Inf; the model was not changed")
-        nnx.update(self.model, params)
+        self._split.commit(params)
         self.opt_state = opt_state
         return float(loss)
 
@@ -164,7 +166,7 @@ class MetaMAML:
 
     # ------------------------------------------------------------ checks
     def _rest(self) -> nnx.State:
-        return nnx.split(self.model, nnx.Param, ...)[2]
+        return self._split.get()[1]
 
     def _param_dtype(self) -> jnp.dtype:
         return self.dtype
@@ -195,9 +197,10 @@ class MetaMAML:
                     f"all tasks must have the same structure and shapes to be vmapped: task 0 has {shapes[0]}, "
                     f"task {i} has {shapes[i]}"
                 )
-        # numpy inputs are stacked on the host and moved once; jax inputs are stacked on the device
-        stack = np.stack if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(checked)) else jnp.stack
-        return jax.tree.map(lambda *leaves: jnp.asarray(stack(leaves)), *checked)
+        # numpy inputs are stacked on the host and moved in one transfer; jax inputs are stacked on the device
+        if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(checked)):
+            return jax.device_put(jax.tree.map(lambda *leaves: np.stack(leaves), *checked))
+        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *checked)
 
 
 def _to_jax(tree: Any) -> Any:
