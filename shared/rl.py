@@ -71,7 +71,9 @@ def linear_baseline(obs: np.ndarray, returns: np.ndarray, mask: np.ndarray, reg:
     features = baseline_features(obs, mask)
     x = features.reshape(-1, features.shape[-1])
     y = (returns * mask).reshape(-1)
-    weights = np.linalg.solve(x.T @ x + reg * np.eye(x.shape[1]), x.T @ y)
+    # lstsq, not solve: the features are collinear for one-hot observations (obs == obs^2), and a
+    # least-squares solve stays finite where a plain solve of the near-singular system does not.
+    weights = np.linalg.lstsq(x.T @ x + reg * np.eye(x.shape[1]), x.T @ y, rcond=None)[0]
     return features @ weights
 
 

@@ -62,7 +62,7 @@ def linear_baseline(obs: jax.Array, returns: jax.Array, mask: jax.Array, reg: fl
     features = baseline_features(obs, mask)
     x = features.reshape(-1, features.shape[-1])
     y = (returns * mask).reshape(-1)
-    weights = jnp.linalg.solve(x.T @ x + reg * jnp.eye(x.shape[1], dtype=x.dtype), x.T @ y)
+    weights = jnp.linalg.lstsq(x.T @ x + reg * jnp.eye(x.shape[1], dtype=x.dtype), x.T @ y, rcond=None)[0]
     return features @ weights
 
 
