@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,11 +112,6 @@ def matmul_peak(threads: int, device: str = "cpu", n: int = 1024) -> dict[str, f
     flops = 2.0 * n**3
     return {"torch_flops_per_s": flops / torch_time, "jax_flops_per_s": flops / jax_time,
             "peak_flops_per_s": max(flops / torch_time, flops / jax_time), "n": n}
-
-
-def statistics_iqr(times: list[float]) -> float:
-    q = statistics.quantiles(times, n=4)
-    return q[2] - q[0]
 
 
 def write_results(name: str, results: list[Result], env: dict[str, Any], extra: dict[str, Any],

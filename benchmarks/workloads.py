@@ -231,7 +231,7 @@ def meta_update(d: Dims, meta_batch: int, first_order: bool, device: str) -> tup
             loss = torch.mean((torch_floor_scan(adapted, qx) - qy) ** 2) / meta_batch
             for acc, g in zip(grads, torch.autograd.grad(loss, list(tp.values())), strict=True):
                 acc += g
-            total += float(loss)
+            total += float(loss.detach())
         for v, g in zip(tp.values(), grads, strict=True):
             v.grad = g
         t_opt.step()
@@ -294,7 +294,7 @@ def higher_meta_update(d: Dims, weights: dict, t_tasks: list, first_order: bool,
                 diffopt.step(torch.mean((fmodel(sx) - sy) ** 2))
                 loss = torch.mean((fmodel(qx) - qy) ** 2) / len(t_tasks)
                 loss.backward()
-                total += float(loss)
+                total += float(loss.detach())
         outer.step()
         return total
 

@@ -22,9 +22,7 @@ def rollout(learner: Any, meta_env: MetaEnvironment, tasks: list[Task], params: 
 
 
 def batches(learner: Any, episodes: list[Episodes]) -> list[RLBatch]:
-    dtype = "float64" if "64" in str(learner.maml._param_dtype() if hasattr(learner.maml, "_param_dtype")
-                                        else next(learner.policy.parameters()).dtype) else "float32"
-    return [to_batch(e, dtype=dtype) for e in episodes]
+    return [to_batch(e, dtype=learner.dtype_name) for e in episodes]
 
 
 def meta_iteration(learner: Any, meta_env: MetaEnvironment, n_tasks: int, episodes: int) -> dict[str, float]:

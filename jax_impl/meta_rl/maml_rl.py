@@ -73,6 +73,7 @@ class MAMLRL:
         self.maml = MetaMAML(policy, inner_lr, outer_lr, num_inner_steps, first_order=first_order,
                              loss_fn=policy_gradient_loss)
         self._act = jax.jit(jax.vmap(self._act_one, in_axes=(0, None, 0, 0)))
+        self.dtype_name = jnp.dtype(self.maml.dtype).name  # for numpy batches
 
     def meta_params(self) -> Params:
         return jax.tree.map(jnp.copy, nnx.state(self.policy, nnx.Param))

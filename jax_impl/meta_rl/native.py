@@ -14,7 +14,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from jax_impl.meta_rl.maml_rl import MAMLRL
@@ -155,11 +154,3 @@ class NativeMAMLRL:
         nnx.update(self.learner.policy, params)
         maml.opt_state = opt_state
         return {"pre_return": float(pre), "post_return": float(post), "loss": float(loss)}
-
-
-def block(tree: Any) -> Any:
-    """``block_until_ready`` on every leaf (for timing)."""
-    return jax.tree.map(lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree)
-
-
-__all__ = ["NativeMAMLRL", "advantages", "bandit_transition", "block", "nav2d_transition", "optax"]

@@ -83,6 +83,7 @@ class MAMLRL:
         self.policy = policy
         self.maml = MetaMAML(policy, inner_lr, outer_lr, num_inner_steps, first_order=first_order,
                              loss_fn=policy_gradient_loss)
+        self.dtype_name = str(next(policy.parameters()).dtype).removeprefix("torch.")  # for numpy batches
 
     def meta_params(self) -> Params:
         return {name: p.detach() for name, p in self.policy.named_parameters()}
