@@ -20,15 +20,20 @@ import torch
 from flax import nnx
 
 from jax_impl.adaptation.test_time_adaptation import Adapter as JaxAdapter
-from jax_impl.core.params import to_canonical
+from jax_impl.core.params import from_canonical, to_canonical
 from jax_impl.core.ssm import SSM as JaxSSM
+from jax_impl.meta_rl import maml_rl as jax_rl
 from jax_impl.meta_rl.meta_maml import MetaMAML as JaxMAML
+from jax_impl.meta_rl.native import advantages as jax_advantages
 from parity_tests.models import TORCH_DTYPES, canonical, twin_mlps, twin_ssms
 from shared.adaptation import AdaptationConfig
 from shared.compare import Comparison, compare_trees
+from shared.env_runner import MetaEnvironment
 from shared.layout import flax_to_torch, torch_to_flax
+from shared.rl import to_batch
 from torch_impl.adaptation.test_time_adaptation import Adapter as TorchAdapter
 from torch_impl.core.ssm import SSM as TorchSSM
+from torch_impl.meta_rl import maml_rl as torch_rl
 from torch_impl.meta_rl.meta_maml import MetaMAML as TorchMAML
 
 # The contract's tolerances (normwise relative error); 0 means bit-exact. None: not part of the contract.
@@ -287,11 +292,9 @@ def adapter_trajectories(setup: Setup, steps: int = 20) -> list[Row]:
     return rows
 
 
-def recorded_rollouts(setup: Setup, task: str) -> tuple[list, Any]:
-    """Episodes recorded once with numpy environments and a zero-mean policy, as (support, query) pairs."""
-    from shared.env_runner import MetaEnvironment
-    from shared.rl import to_batch
-
+def recorded_rollouts(setup: Setup, task: str) -> tuple[list, list, Any]:
+    """Episodes recorded once with numpy environments and a random policy: the raw support episodes,
+    the (support, query) batches, and the task distribution."""
     meta_env = MetaEnvironment(task, seed=setup.sizes.seed)
     dist = meta_env.distribution
     width = dist.action_dim if dist.discrete else 2 * dist.action_dim
@@ -303,59 +306,35 @@ def recorded_rollouts(setup: Setup, task: str) -> tuple[list, Any]:
     tasks = meta_env.sample_tasks(3)
     support = meta_env.rollout(tasks, 4, act, None)
     query = meta_env.rollout(tasks, 4, act, None)
-    pairs = [(to_batch(s, dtype=setup.dtype), to_batch(q, dtype=setup.dtype)) for s, q in zip(support, query,
-                                                                                          strict=True)]
-    return pairs, dist
-
-
-def recorded_episodes(setup: Setup, task: str) -> Any:
-    from shared.env_runner import MetaEnvironment
-
-    meta_env = MetaEnvironment(task, seed=setup.sizes.seed + 1)
-    dist = meta_env.distribution
-    width = dist.action_dim if dist.discrete else 2 * dist.action_dim
-    (episodes,) = meta_env.rollout(meta_env.sample_tasks(1), 5, lambda o, s: (np.zeros((o.shape[0], width)), s), None)
-    return episodes
+    pairs = [(to_batch(s, dtype=setup.dtype), to_batch(q, dtype=setup.dtype))
+             for s, q in zip(support, query, strict=True)]
+    return support, pairs, dist
 
 
 def rl_losses(setup: Setup) -> list[Row]:
-    """MAML-RL on the same recorded rollouts: PG loss, adapted parameters, meta-gradient; Nav2D and bandits."""
+    """MAML-RL on the same recorded rollouts: advantages, PG loss, adapted parameters, meta-gradient."""
     if TOLERANCES[setup.dtype]["rl"] is None:
         return []
-    import jax_impl.meta_rl.maml_rl as jrl
-    import torch_impl.meta_rl.maml_rl as trl
-    from jax_impl.core.params import from_canonical
-
     rows = []
     for task in ("nav2d", "bandit"):
-        pairs, dist = recorded_rollouts(setup, task)
+        episodes, pairs, dist = recorded_rollouts(setup, task)
         args = (dist.obs_dim, dist.action_dim, dist.discrete, setup.sizes.state_dim, setup.sizes.hidden_dim, "cpu")
         torch.manual_seed(setup.sizes.seed)
-        t_policy = trl.SSMPolicy(*args, dtype=TORCH_DTYPES[setup.dtype])
-        j_policy = jrl.SSMPolicy(*args, dtype=setup.dtype)
+        t_policy = torch_rl.SSMPolicy(*args, dtype=TORCH_DTYPES[setup.dtype])
+        j_policy = jax_rl.SSMPolicy(*args, dtype=setup.dtype)
         from_canonical(j_policy, canonical(t_policy))
-        t_rl, j_rl = trl.MAMLRL(t_policy, inner_lr=0.1), jrl.MAMLRL(j_policy, inner_lr=0.1)
-        support = pairs[0][0]
-        episodes = recorded_episodes(setup, task)
-        from jax_impl.meta_rl.native import advantages as jax_advantages
-        from shared.rl import to_batch
-
-        rows.append(row(f"advantages: shared numpy vs JAX-native ({task})", setup.dtype, "pg_loss", compare_trees(
-            jax_advantages(jnp.asarray(episodes.obs, setup.dtype), jnp.asarray(episodes.rewards, setup.dtype),
-                           jnp.asarray(episodes.mask, setup.dtype)),
-            to_batch(episodes, dtype=setup.dtype).advantages)))
-        rows.append(Row(*_scalar_row(f"policy-gradient loss ({task})", setup.dtype, j_rl.inner_loss(support),
-                                     t_rl.inner_loss(support), TOLERANCES[setup.dtype]["pg_loss"])))
+        t_rl, j_rl = torch_rl.MAMLRL(t_policy, inner_lr=0.1), jax_rl.MAMLRL(j_policy, inner_lr=0.1)
+        first, support = episodes[0], pairs[0][0]
+        as_jax = [jnp.asarray(a, setup.dtype) for a in (first.obs, first.rewards, first.mask)]
+        rows.append(row(f"advantages: shared numpy vs JAX-native ({task})", setup.dtype, "pg_loss",
+                        compare_trees(jax_advantages(*as_jax), to_batch(first, dtype=setup.dtype).advantages)))
+        rows.append(row(f"policy-gradient loss ({task})", setup.dtype, "pg_loss",
+                        compare_trees(np.array(j_rl.inner_loss(support)), np.array(t_rl.inner_loss(support)))))
         rows.append(row(f"MAML-RL adapted parameters ({task})", setup.dtype, "rl",
                         compare_trees(to_canonical(j_rl.adapt(support)), t_rl.adapt(support))))
         rows.append(row(f"MAML-RL meta-gradient, second order ({task})", setup.dtype, "rl",
                         compare_trees(to_canonical(j_rl.meta_gradient(pairs)), t_rl.meta_gradient(pairs))))
     return rows
-
-
-def _scalar_row(quantity: str, dtype: str, actual: float, expected: float, tol: float) -> tuple:
-    comparison = compare_trees(np.array(actual), np.array(expected))
-    return quantity, dtype, comparison.max_abs, comparison.rel, tol, comparison.passes(tol), comparison
 
 
 CASES: dict[str, Callable[[Setup], list[Row]]] = {
