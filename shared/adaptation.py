@@ -9,11 +9,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 import fnmatch
+import functools
 import math
-from collections.abc import Iterable, Mapping
+import numbers
+import types
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Literal
 
-from shared.config import from_dict, require_positive_float, require_positive_int
+import numpy as np
+
+from shared.config import from_dict
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 ResetPolicy = Literal["never", "episodic", "every_n"]
@@ -27,11 +32,16 @@ class AdaptationConfig:
         enabled: when False, ``update_step`` changes nothing and says so.
         optimizer: ``"sgd"`` (with ``momentum``), ``"adam"`` (coupled L2 ``weight_decay``, as
             ``torch.optim.Adam``) or ``"adamw"`` (decoupled decay).
-        lr, betas, eps, momentum, weight_decay: the optimizer's hyper-parameters.
+        lr, betas, eps, momentum, weight_decay: the optimizer's hyper-parameters. Numbers may be
+            Python or numpy scalars (stored as ``float``); bools, NaN and Inf are rejected. A field
+            the chosen optimizer does not use is an error, not silently ignored: ``momentum`` needs
+            ``"sgd"``; ``betas`` and ``eps`` need ``"adam"``/``"adamw"`` (unless left at default).
         steps_per_call: optimizer steps per ``update_step`` call.
         grad_clip_norm: clip the global L2 norm of the selected gradients to this (None: off).
-        allow, deny: ``fnmatch`` patterns over canonical parameter names (``"B.weight"``); a
-            parameter is adapted when it matches some ``allow`` and no ``deny`` pattern.
+        allow, deny: ``fnmatch`` patterns over canonical parameter names (``"B.weight"``): one
+            pattern as a string (``allow="W*"``) or a list/tuple of them. A parameter is adapted when
+            it matches some ``allow`` and no ``deny`` pattern; a pattern that matches no parameter
+            is an error (a typo), and so is a selection that leaves nothing to adapt.
         trust_region: max L2 distance of the adapted parameters from the source, enforced by
             projection after every step (None: off).
         ema_decay: keep an EMA teacher of the weights, ``teacher = d * teacher + (1 - d) * w``
@@ -66,41 +76,68 @@ class AdaptationConfig:
     history_size: int = 10_000
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(self.betas))
-        object.__setattr__(self, "allow", tuple(self.allow))
-        object.__setattr__(self, "deny", tuple(self.deny))
-        if not isinstance(self.enabled, bool):
+        if not isinstance(self.enabled, (bool, np.bool_)):
             raise TypeError(f"enabled must be a bool, got {self.enabled!r}")
-        if self.optimizer not in ("sgd", "adam", "adamw"):
+        object.__setattr__(self, "enabled", bool(self.enabled))
+        if not isinstance(self.optimizer, str) or self.optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {self.optimizer!r}")
-        require_positive_float("lr", self.lr)
-        require_positive_float("eps", self.eps)
-        if len(self.betas) != 2 or not all(_is_real(b) and 0.0 <= b < 1.0 for b in self.betas):
+        self._set_real("lr", positive=True)
+        self._set_real("eps", positive=True)
+        betas = self.betas
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        betas = tuple(betas)
+        if len(betas) != 2 or not all(_is_real(b) and 0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
         for name in ("momentum", "weight_decay", "entropy_weight"):
-            value = getattr(self, name)
-            if not _is_real(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            self._set_real(name, positive=False)
         if self.momentum >= 1.0:
             raise ValueError(f"momentum must be < 1, got {self.momentum!r}")
-        require_positive_int("steps_per_call", self.steps_per_call)
+        if self.optimizer != "sgd" and self.momentum != 0.0:
+            raise ValueError(f"momentum={self.momentum!r} is only used with optimizer='sgd', got "
+                             f"optimizer={self.optimizer!r} (adam and adamw take betas)")
+        if self.optimizer == "sgd":
+            for name, default in (("betas", (0.9, 0.999)), ("eps", 1e-8)):
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name}={getattr(self, name)!r} is only used with optimizer='adam' or 'adamw', "
+                                     f"got optimizer='sgd' (sgd takes momentum)")
+        self._set_int("steps_per_call")
         for name in ("grad_clip_norm", "trust_region"):
             if getattr(self, name) is not None:
-                require_positive_float(name, getattr(self, name))
-        if self.ema_decay is not None and not (_is_real(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
-            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay!r}")
-        if not self.allow or not all(isinstance(p, str) and p for p in (*self.allow, *self.deny)):
-            raise ValueError(f"allow must be non-empty and all patterns non-empty strings, got {self.allow!r}, "
-                             f"deny {self.deny!r}")
-        if self.reset not in ("never", "episodic", "every_n"):
+                self._set_real(name, positive=True)
+        if self.ema_decay is not None:
+            if not (_is_real(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
+                raise ValueError(f"ema_decay must be a number in [0, 1) or None, got {self.ema_decay!r}")
+            object.__setattr__(self, "ema_decay", float(self.ema_decay))
+        for name in ("allow", "deny"):
+            object.__setattr__(self, name, _patterns(name, getattr(self, name)))
+        if not self.allow:
+            raise ValueError("allow must be non-empty: give at least one pattern, e.g. '*' (every parameter)")
+        if not isinstance(self.reset, str) or self.reset not in ("never", "episodic", "every_n"):
             raise ValueError(f"reset must be 'never', 'episodic' or 'every_n', got {self.reset!r}")
         if self.reset == "every_n":
-            require_positive_int("reset_every", self.reset_every)
+            self._set_int("reset_every")
         elif self.reset_every is not None:
             raise ValueError(f"reset_every is only used with reset='every_n', got reset={self.reset!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-        require_positive_int("history_size", self.history_size)
+        self._set_int("seed", minimum=0)
+        self._set_int("history_size")
+
+    def _set_real(self, name: str, *, positive: bool) -> None:
+        """Check a real field (Python or numpy number, not bool, finite; > 0 or >= 0) and store it as float."""
+        value = getattr(self, name)
+        if not _is_real(value) or (value <= 0 if positive else value < 0):
+            kind = "a positive finite number" if positive else "a finite number >= 0"
+            raise ValueError(f"{name} must be {kind} (a Python or numpy real, not a bool), got {value!r}")
+        object.__setattr__(self, name, float(value))
+
+    def _set_int(self, name: str, minimum: int = 1) -> None:
+        """Check an integer field (Python or numpy integer, not bool) and store it as int."""
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
+        object.__setattr__(self, name, int(value))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON- and YAML-friendly dict (tuples become lists)."""
@@ -112,22 +149,119 @@ class AdaptationConfig:
 
 
 def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number: Python int/float or a numpy scalar (``numbers.Real``), never a bool."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value))
+
+
+def _patterns(name: str, value: object) -> tuple[str, ...]:
+    """``allow``/``deny``: one pattern as a string (``"W*"``), or a list/tuple of them."""
+    if isinstance(value, str):
+        value = (value,)
+    if isinstance(value, (bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be a pattern string or a list of pattern strings, got {value!r}")
+    patterns = tuple(value)
+    if not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"{name} patterns must be non-empty strings, got {value!r}")
+    return patterns
 
 
 def select_parameters(names: Iterable[str], config: AdaptationConfig) -> list[str]:
-    """The canonical names the Adapter adapts; an empty selection is an error, not a silent no-op."""
-    names = list(names)
-    def matches(name: str, patterns: tuple[str, ...]) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    """The canonical names the Adapter adapts, in ``names`` order.
 
-    chosen = [n for n in names if matches(n, config.allow) and not matches(n, config.deny)]
+    A name is chosen when it matches some ``allow`` pattern and no ``deny`` pattern. Errors
+    (``ValueError``), never a silent no-op: a pattern that matches none of ``names`` (a typo), and
+    a selection that leaves nothing to adapt.
+    """
+    names = list(names)
+
+    def matching(pattern: str) -> list[str]:
+        return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+    for field in ("allow", "deny"):
+        for pattern in getattr(config, field):
+            if not matching(pattern):
+                raise ValueError(f"{field} pattern {pattern!r} matches none of the trainable parameters {names}")
+    allowed = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in config.allow)]
+    chosen = [n for n in allowed if not any(fnmatch.fnmatchcase(n, p) for p in config.deny)]
     if not chosen:
         raise ValueError(
-            f"parameter selection allow={list(config.allow)} deny={list(config.deny)} matches none of the "
-            f"trainable parameters {names}"
+            f"parameter selection matches none of the trainable parameters: allow={list(config.allow)} selects "
+            f"{allowed} and deny={list(config.deny)} removes all of them"
         )
     return chosen
+
+
+class _Unkeyable(Exception):
+    """A value with no stable hashable key (an array, a list): the callable is keyed by identity."""
+
+
+class _Identity:
+    """Hashes and compares by identity and keeps its object alive (so an id is never reused)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Identity) and other.obj is self.obj
+
+
+def function_key(fn: Callable[..., Any]) -> Hashable:
+    """A hashable key under which two callables are known to compute the same function.
+
+    A plain function (a ``lambda`` written inside a loop is a new object every time) is keyed by
+    its code object, its globals, and the values of its closure cells and defaults, each with its
+    type (``1`` and ``1.0`` differ); nested functions, ``functools.partial`` and bound methods
+    are keyed structurally too. When some captured value has no stable hashable key (an array, a
+    list), the callable itself is the key (identity), so two such callables never share a key.
+    Used by the JAX Adapter to reuse a compiled step across equal loss functions.
+    """
+    try:
+        return _callable_key(fn, depth=0)
+    except _Unkeyable:
+        return _Identity(fn)
+
+
+_MAX_DEPTH = 4
+
+
+def _callable_key(fn: Any, depth: int) -> Hashable:
+    if depth > _MAX_DEPTH:
+        raise _Unkeyable
+    if isinstance(fn, types.FunctionType):
+        try:
+            cells = tuple(c.cell_contents for c in fn.__closure__ or ())
+        except ValueError:  # an empty cell (a name assigned after the function was made)
+            raise _Unkeyable from None
+        return ("function", fn.__code__, _Identity(fn.__globals__), _value_key(cells, depth),
+                _value_key(fn.__defaults__, depth), _value_key(fn.__kwdefaults__, depth))
+    if isinstance(fn, functools.partial):
+        return ("partial", _callable_key(fn.func, depth + 1), _value_key(fn.args, depth),
+                _value_key(fn.keywords, depth))
+    if isinstance(fn, types.MethodType):
+        return ("method", _callable_key(fn.__func__, depth + 1), _Identity(fn.__self__))
+    return _Identity(fn)
+
+
+def _value_key(value: Any, depth: int) -> Hashable:
+    if isinstance(value, (types.FunctionType, functools.partial, types.MethodType)):
+        return _callable_key(value, depth + 1)
+    if isinstance(value, types.ModuleType):
+        return _Identity(value)
+    if isinstance(value, tuple):
+        return (tuple, tuple(_value_key(v, depth) for v in value))
+    if isinstance(value, dict):
+        return (dict, tuple(sorted((k, _value_key(v, depth)) for k, v in value.items())))
+    try:
+        hash(value)
+    except TypeError:
+        raise _Unkeyable from None
+    return (type(value), value)
 
 
 class History:

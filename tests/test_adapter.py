@@ -1,6 +1,7 @@
 """The test-time Adapter in both backends: config validation, every guard, reset, history."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -105,14 +106,20 @@ def test_update_lowers_the_loss_and_reports(backend):
     assert adapter.history.column("update_count") == [5, 10]
 
 
+def infinite_mse(model, b):
+    return mse(model, b) * math.inf
+
+
 @pytestmark_backends
-@pytest.mark.parametrize("poison, reason", [(np.nan, "non-finite loss"), (np.inf, "non-finite loss")])
-def test_non_finite_step_is_skipped_and_changes_nothing(backend, poison, reason):
+@pytest.mark.parametrize("poison, loss_fn, reason", [
+    (np.nan, mse, "non-finite batch"), (np.inf, mse, "non-finite batch"), (None, infinite_mse, "non-finite loss"),
+])
+def test_non_finite_step_is_skipped_and_changes_nothing(backend, poison, loss_fn, reason):
     adapter = adapter_for(backend, AdaptationConfig(optimizer="adam", lr=0.01, ema_decay=0.5))
     adapter.update_step(mse, batch(backend))
     before = params(backend, adapter)
     count = adapter.update_count
-    info = adapter.update_step(mse, batch(backend, poison=poison))
+    info = adapter.update_step(loss_fn, batch(backend, poison=poison))
     assert not info["updated"] and info["skipped"] == reason and info["steps"] == 0
     assert_same(params(backend, adapter), before)
     assert adapter.update_count == count

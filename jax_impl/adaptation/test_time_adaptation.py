@@ -1,25 +1,31 @@
 """Test-time adaptation: the ``Adapter`` (ARCHITECTURE.md section 4), JAX.
 
-The line-by-line twin of ``torch_impl/adaptation/test_time_adaptation.py``. Parameters and the
-optax state are held functionally; one ``jit``-compiled step (per loss function) computes the
-gradient, the clipped and masked optax update, the trust-region projection and the EMA teacher,
-and Python commits it only when the loss and gradient are finite.
+The line-by-line twin of ``torch_impl/adaptation/test_time_adaptation.py``. Parameters, the other
+module state (BatchNorm statistics) and the optax state are held functionally; one ``jit``-compiled
+step computes the forward (carrying the mutable state through), the gradient, the clipped and
+masked optax update, the trust-region projection and the EMA teacher, plus the checks that the
+batch, loss, gradient and result are finite; Python commits the step only when all hold.
+
+Compiled steps are cached under :func:`shared.adaptation.function_key` of the loss function (its
+code and captured values, so a new ``lambda`` per call reuses the step) in a bounded LRU cache.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.interpreters import partial_eval
 
 from jax_impl.core.params import SplitCache
-from shared.adaptation import AdaptationConfig, History, select_parameters
+from shared.adaptation import AdaptationConfig, History, function_key, select_parameters
 from shared.layout import canonical_name
 
 LossOutput = jax.Array | tuple[jax.Array, jax.Array]
@@ -71,8 +77,12 @@ class Adapter:
         config: an :class:`AdaptationConfig`.
 
     ``loss_fn(model, batch)`` returns a scalar loss, or ``(loss, logits)`` when
-    ``config.entropy_weight > 0``. It is traced by ``jax.jit``, once per loss function.
+    ``config.entropy_weight > 0``. It is traced by ``jax.jit`` once per distinct function (see
+    :func:`shared.adaptation.function_key`); at most ``cache_size`` compiled steps are kept, the
+    least recently used dropped first. ``compilations`` counts the steps built so far.
     """
+
+    cache_size: int = 16
 
     def __init__(self, model: nnx.Module, config: AdaptationConfig) -> None:
         if not isinstance(model, nnx.Module):
@@ -88,7 +98,8 @@ class Adapter:
         self.source_rest = jax.tree.map(jnp.copy, rest)
         self.optimizer = build_optimizer(config, self.mask)
         self.history = History(config.history_size)
-        self._compiled: dict[LossFn, Callable] = {}
+        self._compiled: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
+        self.compilations = 0
         self._split = SplitCache(model)
         self._drift_params: nnx.State | None = None
         self._start()
@@ -97,33 +108,50 @@ class Adapter:
     def update_step(self, loss_fn: LossFn, batch: Any) -> dict[str, Any]:
         """Up to ``steps_per_call`` optimizer steps on ``loss_fn(model, batch)``.
 
-        Returns the same ``info`` as the torch Adapter. A step whose loss or gradient is not
-        finite is skipped: parameters and optimizer state stay exactly as they were.
+        Returns the same ``info`` as the torch Adapter, and skips a step on the same grounds
+        (``"non-finite batch"``, ``"non-finite loss"``, ``"non-finite gradient"``,
+        ``"non-finite update"``), leaving parameters, optimizer state and the other module state
+        (BatchNorm statistics) exactly as they were. A committed step writes back the state the
+        forward updated (train-mode BatchNorm statistics, as in TENT).
+
+        Raises:
+            TypeError: ``loss_fn`` is not callable or returns no floating JAX array (a Python
+                float, say); ``batch`` holds something other than jax/numpy arrays and numbers
+                (a ``torch.Tensor``, say).
+            ValueError: the loss is not a scalar, or does not depend on the selected parameters.
         """
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+        check_batch(batch)
         info: dict[str, Any] = {"updated": False, "steps": 0, "loss": None, "entropy": None,
                                 "grad_norm": None, "drift": self.drift(), "skipped": None}
         if not self.config.enabled:
             info["skipped"] = "disabled"
             return info
-        if loss_fn not in self._compiled:
-            self._compiled[loss_fn] = jax.jit(lambda *args: self._step(loss_fn, *args))
+        step = self._compiled_step(loss_fn, batch)
         for _ in range(self.config.steps_per_call):
             params, rest = self._split.get()
-            params, opt_state, teacher, loss, ent, norm, drift = self._compiled[loss_fn](
-                params, self.opt_state, self.teacher, rest, batch)
-            loss, ent, norm, drift = jax.device_get((loss, ent, norm, drift))  # one transfer for all four
-            info["loss"], info["entropy"] = float(loss), None if ent is None else float(ent)
-            info["grad_norm"] = float(norm)
-            if not np.isfinite(loss):
+            out = step(params, self.opt_state, self.teacher, rest, batch)
+            report = jax.device_get(out.report)  # one transfer for every scalar
+            if not report["batch_finite"]:
+                info["skipped"] = "non-finite batch"
+                break
+            info["loss"], info["grad_norm"] = float(report["loss"]), float(report["grad_norm"])
+            info["entropy"] = None if report["entropy"] is None else float(report["entropy"])
+            if not np.isfinite(report["loss"]):
                 info["skipped"] = "non-finite loss"
-                break
-            if not np.isfinite(norm):
+            elif not np.isfinite(report["grad_norm"]):
                 info["skipped"] = "non-finite gradient"
+            elif not report["result_finite"]:
+                info["skipped"] = "non-finite update"
+            if info["skipped"] is not None:
                 break
-            self._split.commit(params)
-            self.opt_state, self.teacher = opt_state, teacher
+            if jax.tree.leaves(rest):
+                nnx.update(self.model, out.rest)  # BatchNorm statistics and other non-Param state
+            self._split.commit(out.params)
+            self.opt_state, self.teacher = out.opt_state, out.teacher
             self.update_count += 1
-            self._drift, self._drift_params = float(drift), params
+            self._drift, self._drift_params = float(report["drift"]), out.params
             info["drift"] = self._drift
             info["steps"] += 1
             info["updated"] = True
@@ -191,15 +219,48 @@ class Adapter:
         deltas = jax.tree.map(lambda p, s, m: p - s if m else jnp.zeros_like(p), params, self.source, self.mask)
         return optax.tree.norm(deltas)
 
+    def _compiled_step(self, loss_fn: LossFn, batch: Any) -> Callable[..., StepOutput]:
+        """The jitted step for ``loss_fn`` from the LRU cache, built (and checked) on a miss."""
+        key = function_key(loss_fn)
+        step = self._compiled.get(key)
+        if step is not None:
+            self._compiled.move_to_end(key)
+            return step
+        params, rest = self._split.get()
+        self._check_dependence(loss_fn, params, rest, batch)  # raises before anything is cached
+        step = jax.jit(lambda *args: self._step(loss_fn, *args))
+        self._compiled[key] = step
+        self.compilations += 1
+        while len(self._compiled) > self.cache_size:
+            self._compiled.popitem(last=False)
+        return step
+
+    def _check_dependence(self, loss_fn: LossFn, params: nnx.State, rest: nnx.State, batch: Any) -> None:
+        """Trace the loss once (abstractly) and refuse one that no selected parameter reaches."""
+        def total(p: nnx.State, r: nnx.State, b: Any) -> jax.Array:
+            return self._total_loss(loss_fn, p, r, b)[0]
+
+        closed = jax.make_jaxpr(total)(params, rest, batch)
+        _, used = partial_eval.dce_jaxpr(closed.jaxpr, [True])
+        selected = jax.tree.leaves(self.mask)
+        if not any(u and m for u, m in zip(used[:len(selected)], selected, strict=True)):
+            raise ValueError(f"loss_fn's loss does not depend on the selected parameters {self.names} "
+                             "(a constant, or computed from other parameters only?): there is nothing to adapt")
+
+    def _total_loss(self, loss_fn: LossFn, params: nnx.State, rest: nnx.State,
+                    batch: Any) -> tuple[jax.Array, tuple[jax.Array | None, nnx.State]]:
+        """``(loss + entropy_weight * entropy, (entropy, updated rest))`` on a fresh copy of the
+        module, so that train-mode BatchNorm updates its statistics in the current trace."""
+        model = nnx.merge(self.graphdef, params, jax.tree.map(lambda x: x, rest))
+        loss, ent = self._split_loss(loss_fn(model, batch))
+        total = loss if ent is None else loss + self.config.entropy_weight * ent
+        return total, (ent, nnx.state(model, nnx.Not(nnx.Param)))
+
     def _step(self, loss_fn: LossFn, params: nnx.State, opt_state: Any, teacher: Any, rest: nnx.State,
-              batch: Any) -> tuple:
+              batch: Any) -> StepOutput:
         c = self.config
-
-        def total_loss(p: nnx.State) -> tuple[jax.Array, jax.Array | None]:
-            loss, ent = self._split_loss(loss_fn(nnx.merge(self.graphdef, p, rest), batch))
-            return (loss if ent is None else loss + c.entropy_weight * ent), ent
-
-        (loss, ent), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
+        (loss, (ent, new_rest)), grads = jax.value_and_grad(
+            lambda p: self._total_loss(loss_fn, p, rest, batch), has_aux=True)(params)
         norm = optax.tree.norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grads, self.mask))
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -211,15 +272,61 @@ class Adapter:
             )
         if teacher is not None:
             teacher = jax.tree.map(lambda t, p: t * c.ema_decay + (1.0 - c.ema_decay) * p, teacher, params)
-        return params, opt_state, teacher, loss, ent, norm, self._distance(params)
+        report = {"loss": loss, "entropy": ent, "grad_norm": norm, "drift": self._distance(params),
+                  "batch_finite": all_finite(batch), "result_finite": all_finite((params, opt_state, teacher))}
+        return StepOutput(params, opt_state, teacher, new_rest, report)
 
     def _split_loss(self, out: LossOutput) -> tuple[jax.Array, jax.Array | None]:
         if self.config.entropy_weight > 0:
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise ValueError("entropy_weight > 0 needs loss_fn to return (loss, logits)")
+            if not _is_float_array(out[1]):
+                raise TypeError(f"loss_fn's logits must be a floating JAX array, got {_describe(out[1])}")
             loss, ent = out[0], entropy(out[1])
         else:
             loss, ent = (out[0] if isinstance(out, tuple) else out), None
+        if not _is_float_array(loss):
+            raise TypeError(f"loss_fn must return a floating 0-d JAX array (or (loss, logits)), got {_describe(loss)}")
         if jnp.ndim(loss) != 0:
-            raise ValueError(f"loss_fn must return a scalar (or (loss, logits)), got shape {jnp.shape(loss)}")
+            raise ValueError(f"loss_fn must return a scalar (0-d) loss, got shape {jnp.shape(loss)}")
         return loss, ent
+
+
+class StepOutput(NamedTuple):
+    """What the compiled step returns: the candidate state and the scalars that decide its commit."""
+
+    params: nnx.State
+    opt_state: Any
+    teacher: Any
+    rest: nnx.State
+    report: dict[str, Any]
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating leaf of ``tree`` is free of NaN/Inf (traced; True for no such leaf)."""
+    checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def check_batch(batch: Any) -> None:
+    """Every leaf of ``batch`` must be a jax or numpy array or a Python number, else ``TypeError``."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(batch)
+    for path, leaf in leaves:
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)):
+            raise TypeError(f"expected a jax or numpy array, got {_type_name(leaf)} "
+                            f"(batch{jax.tree_util.keystr(path)})")
+
+
+def _is_float_array(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+def _type_name(x: Any) -> str:
+    kind = type(x)
+    return f"{kind.__module__}.{kind.__qualname__}" if kind.__module__.startswith("torch") else kind.__qualname__
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (jax.Array, np.ndarray)):
+        return f"a {type(value).__name__} of dtype {value.dtype}"
+    return _type_name(value)

@@ -3,17 +3,18 @@
 The Adapter updates a deployed module's weights online from a loss on test-time data, with the
 guards that the TTA literature (TENT, EATA, CoTTA, SAR) shows are needed: parameter selection,
 gradient clipping, a trust region around the source weights, an EMA teacher, resets, and skipping
-any step whose loss or gradient is not finite. ``jax_impl/adaptation/test_time_adaptation.py``
-is its line-by-line twin.
+any step whose batch, loss, gradient or result is not finite (nothing changes, buffers included).
+``jax_impl/adaptation/test_time_adaptation.py`` is its line-by-line twin.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,26 +65,48 @@ class Adapter:
         Returns ``info``: ``updated`` (any step taken), ``steps`` (steps taken), ``loss`` and
         ``entropy`` (of the last step tried), ``grad_norm`` (before clipping), ``drift`` (L2
         distance of the selected parameters from the source) and ``skipped`` (None, or why).
-        A step whose loss or gradient is not finite is skipped: parameters and optimizer state
-        stay exactly as they were.
+
+        A step is skipped, and parameters, optimizer state and buffers (BatchNorm statistics)
+        stay exactly as they were, when the batch holds NaN/Inf (``"non-finite batch"``: no
+        forward is run), the loss or gradient is not finite (``"non-finite loss"``,
+        ``"non-finite gradient"``), or the step would leave a non-finite parameter or optimizer
+        state (``"non-finite update"``, e.g. a huge ``lr``). After a committed step the
+        buffers the forward updated (train-mode BatchNorm, as in TENT) are kept.
+
+        Raises:
+            TypeError: ``loss_fn`` is not callable, or returns no floating tensor.
+            ValueError: the loss is not a scalar, or does not depend on the selected parameters.
         """
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
         info: dict[str, Any] = {"updated": False, "steps": 0, "loss": None, "entropy": None,
                                 "grad_norm": None, "drift": self.drift(), "skipped": None}
         if not self.config.enabled:
             info["skipped"] = "disabled"
             return info
+        if not batch_is_finite(batch):
+            info["skipped"] = "non-finite batch"
+            self.observe(**info)
+            return info
         for _ in range(self.config.steps_per_call):
-            loss, ent, grads = self._loss_and_grads(loss_fn, batch)
-            info["loss"], info["entropy"] = float(loss), None if ent is None else float(ent)
+            buffers = self._snapshot_buffers()
+            try:
+                loss, ent, grads = self._loss_and_grads(loss_fn, batch)
+            except BaseException:
+                self._restore_buffers(buffers)  # the forward may have updated them before failing
+                raise
             norm = global_norm(grads)
+            info["loss"], info["entropy"] = float(loss), None if ent is None else float(ent)
             info["grad_norm"] = float(norm)
             if not torch.isfinite(loss):
                 info["skipped"] = "non-finite loss"
-                break
-            if not torch.isfinite(norm):
+            elif not torch.isfinite(norm):
                 info["skipped"] = "non-finite gradient"
+            elif not self._apply(grads, norm):
+                info["skipped"] = "non-finite update"
+            if info["skipped"] is not None:
+                self._restore_buffers(buffers)
                 break
-            self._apply(grads, norm)
             info["steps"] += 1
             info["updated"] = True
             info["drift"] = self.drift()
@@ -138,42 +161,86 @@ class Adapter:
         self.teacher = copy.deepcopy(self.model) if c.ema_decay is not None else None
         self.update_count = 0
 
+    def _snapshot_buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(b, b.clone()) for b in self.model.buffers()]
+
+    @staticmethod
+    @torch.no_grad()
+    def _restore_buffers(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for buffer, copy_ in saved:
+            buffer.copy_(copy_)
+
     def _loss_and_grads(self, loss_fn: LossFn, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, list]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed + self.update_count)
             out = loss_fn(self.model, batch)
         loss, ent = self._split_loss(out)
         total = loss if ent is None else loss + self.config.entropy_weight * ent
+        if not total.requires_grad:
+            raise ValueError(self._no_dependence())
         grads = torch.autograd.grad(total, self.params, allow_unused=True)
+        if all(g is None for g in grads):
+            raise ValueError(self._no_dependence())
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
         return total.detach(), None if ent is None else ent.detach(), grads
+
+    def _no_dependence(self) -> str:
+        return (f"loss_fn's loss does not depend on the selected parameters {self.names} (computed under "
+                "torch.no_grad(), detached, or from other parameters only?): there is nothing to adapt")
 
     def _split_loss(self, out: LossOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.config.entropy_weight > 0:
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise ValueError("entropy_weight > 0 needs loss_fn to return (loss, logits)")
+            if not isinstance(out[1], torch.Tensor) or not out[1].is_floating_point():
+                raise TypeError(f"loss_fn's logits must be a floating torch.Tensor, got {_describe(out[1])}")
             loss, ent = out[0], entropy(out[1])
         else:
             loss, ent = (out[0] if isinstance(out, tuple) else out), None
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise ValueError(f"loss_fn must return a scalar tensor (or (loss, logits)), got {type(loss).__name__}")
+        if not isinstance(loss, torch.Tensor) or not loss.is_floating_point():
+            raise TypeError("loss_fn must return a floating 0-d torch.Tensor (or (loss, logits)), "
+                            f"got {_describe(loss)}")
+        if loss.dim() != 0:
+            raise ValueError(f"loss_fn must return a scalar (0-d) loss, got shape {tuple(loss.shape)}")
         return loss, ent
 
     @torch.no_grad()
-    def _apply(self, grads: list[torch.Tensor], norm: torch.Tensor) -> None:
+    def _apply(self, grads: list[torch.Tensor], norm: torch.Tensor) -> bool:
+        """One optimizer step, trust region and EMA; returns False, with parameters and optimizer
+        state restored, if the result is not finite."""
         c = self.config
         if c.grad_clip_norm is not None and norm >= c.grad_clip_norm:  # optax.clip_by_global_norm's rule
             grads = [g / norm * c.grad_clip_norm for g in grads]
-        for p, g in zip(self.params, grads, strict=True):
-            p.grad = g
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if c.trust_region is not None:
-            deltas = [p - self.source[n] for n, p in zip(self.names, self.params, strict=True)]
-            distance = global_norm(deltas)
-            if distance > c.trust_region:
-                for n, p, d in zip(self.names, self.params, deltas, strict=True):
-                    p.copy_(self.source[n] + d * (c.trust_region / distance))
+        saved_params = [p.clone() for p in self.params]
+        saved_state = {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+                       for p, state in self.optimizer.state.items()}
+        try:
+            for p, g in zip(self.params, grads, strict=True):
+                p.grad = g
+            try:
+                self.optimizer.step()
+            except RuntimeError as error:  # a scalar such as lr * bias correction overflows the dtype
+                if "overflow" not in str(error):
+                    raise
+                finite = False
+            else:
+                if c.trust_region is not None:
+                    deltas = [p - self.source[n] for n, p in zip(self.names, self.params, strict=True)]
+                    distance = global_norm(deltas)
+                    if distance > c.trust_region:
+                        for n, p, d in zip(self.names, self.params, deltas, strict=True):
+                            p.copy_(self.source[n] + d * (c.trust_region / distance))
+                finite = all_finite([*self.params, *(v for p in self.params
+                                                      for v in self.optimizer.state[p].values()
+                                                      if isinstance(v, torch.Tensor) and v.is_floating_point())])
+        except BaseException:
+            self._restore_step(saved_params, saved_state)
+            raise
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+        if not finite:
+            self._restore_step(saved_params, saved_state)
+            return False
         if self.teacher is not None:
             current = self.model.state_dict()
             for name, t in self.teacher.state_dict().items():
@@ -182,3 +249,39 @@ class Adapter:
                 else:  # integer buffers (counters) are copied, not averaged
                     t.copy_(current[name])
         self.update_count += 1
+        return True
+
+    @torch.no_grad()
+    def _restore_step(self, params: list[torch.Tensor], state: dict) -> None:
+        for p, saved in zip(self.params, params, strict=True):
+            p.copy_(saved)
+        for p in self.params:
+            if p in state:
+                self.optimizer.state[p] = state[p]
+            else:
+                self.optimizer.state.pop(p, None)
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite (one host sync)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+
+def batch_is_finite(batch: Any) -> bool:
+    """No NaN/Inf in any floating tensor or numpy array (or float) of ``batch`` (tuples, lists, dicts)."""
+    if isinstance(batch, torch.Tensor):
+        return not (batch.is_floating_point() or batch.is_complex()) or bool(torch.isfinite(batch).all())
+    if isinstance(batch, (np.ndarray, np.generic, float, complex)):
+        array = np.asarray(batch)
+        return not np.issubdtype(array.dtype, np.inexact) or bool(np.isfinite(array).all())
+    if isinstance(batch, Mapping):
+        return all(batch_is_finite(v) for v in batch.values())
+    if isinstance(batch, (tuple, list)):
+        return all(batch_is_finite(v) for v in batch)
+    return True
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor"
+    return type(value).__name__
