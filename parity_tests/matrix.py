@@ -20,18 +20,21 @@ import torch
 from flax import nnx
 
 from jax_impl.adaptation.test_time_adaptation import Adapter as JaxAdapter
+from jax_impl.adaptation.test_time_adaptation import entropy as jax_entropy
 from jax_impl.core.params import from_canonical, to_canonical
 from jax_impl.core.ssm import SSM as JaxSSM
 from jax_impl.meta_rl import maml_rl as jax_rl
 from jax_impl.meta_rl.meta_maml import MetaMAML as JaxMAML
 from jax_impl.meta_rl.native import advantages as jax_advantages
 from parity_tests.models import TORCH_DTYPES, canonical, twin_mlps, twin_ssms
+from parity_tests.tent import jax_state, torch_state, twin_tent_nets
 from shared.adaptation import AdaptationConfig
 from shared.compare import Comparison, compare_trees
 from shared.env_runner import MetaEnvironment
 from shared.layout import flax_to_torch, torch_to_flax
 from shared.rl import to_batch
 from torch_impl.adaptation.test_time_adaptation import Adapter as TorchAdapter
+from torch_impl.adaptation.test_time_adaptation import entropy as torch_entropy
 from torch_impl.core.ssm import SSM as TorchSSM
 from torch_impl.meta_rl import maml_rl as torch_rl
 from torch_impl.meta_rl.meta_maml import MetaMAML as TorchMAML
@@ -292,6 +295,31 @@ def adapter_trajectories(setup: Setup, steps: int = 20) -> list[Row]:
     return rows
 
 
+def adapter_tent_batchnorm(setup: Setup, steps: int = 20) -> list[Row]:
+    """TENT: a BatchNorm classifier in train mode adapts only the BatchNorm affine parameters by
+    minimising the entropy of its logits on shifted test batches; parameters, running statistics
+    (``running_mean``, unbiased ``running_var``, ``num_batches_tracked``) and telemetry agree."""
+    if TOLERANCES[setup.dtype]["adapter"] is None:
+        return []
+    features, hidden, classes = 6, 8, 3
+    tm, jm = twin_tent_nets(features, hidden, classes, setup.dtype, setup.sizes.seed)
+    config = AdaptationConfig(optimizer="adam", lr=0.01, allow="bn.*")
+    t_adapter, j_adapter = TorchAdapter(tm.train(), config), JaxAdapter(jm, config)
+    batches = [setup.array(16, features) * 1.5 + 0.7 for _ in range(steps)]  # a shifted test distribution
+    t_info, j_info = [], []
+    for x in batches:
+        t_info.append(t_adapter.update_step(lambda m, b: torch_entropy(m(b)), torch.from_numpy(x)))
+        j_info.append(j_adapter.update_step(lambda m, b: jax_entropy(m(b)), x))
+    assert all(i["updated"] for i in t_info + j_info), "every TENT step must be taken"
+    telemetry = ("loss", "grad_norm", "drift")
+    comparison = compare_trees(
+        {"state": jax_state(jm), "info": {k: np.array([i[k] for i in j_info]) for k in telemetry}},
+        {"state": torch_state(tm), "info": {k: np.array([i[k] for i in t_info]) for k in telemetry}},
+    )
+    return [row(f"Adapter TENT, {steps} steps: BatchNorm affine + running statistics (entropy loss)",
+                setup.dtype, "adapter", comparison)]
+
+
 def recorded_rollouts(setup: Setup, task: str) -> tuple[list, list, Any]:
     """Episodes recorded once with numpy environments and a random policy: the raw support episodes,
     the (support, query) batches, and the task distribution."""
@@ -346,6 +374,7 @@ CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "meta_gradients": meta_gradient_rows,
     "meta_update_trajectories": meta_update_trajectories,
     "adapter_trajectories": adapter_trajectories,
+    "adapter_tent_batchnorm": adapter_tent_batchnorm,
     "rl_losses": rl_losses,
 }
 
