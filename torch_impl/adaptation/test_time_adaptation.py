@@ -54,6 +54,8 @@ class Adapter:
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         self.names = select_parameters(trainable, config)
         self.params = [model.get_parameter(n) for n in self.names]
+        self._cuda_devices = sorted({t.device.index or 0 for t in model.state_dict().values() if t.is_cuda})
+        self._drift, self._drift_key = 0.0, None
         self.source = {n: t.detach().clone() for n, t in model.state_dict().items()}
         self.history = History(config.history_size)
         self._start()
@@ -121,8 +123,15 @@ class Adapter:
 
     def drift(self) -> float:
         """L2 distance of the selected parameters from the source parameters."""
-        with torch.no_grad():
-            return float(global_norm([p - self.source[n] for n, p in zip(self.names, self.params, strict=True)]))
+        # recompute only when a parameter was written: the version counter counts in-place writes
+        # (ours or the user's), the data pointer catches ``p.data = ...``
+        key = tuple(v for p in self.params for v in (p._version, p.data_ptr()))
+        if key != self._drift_key:
+            with torch.no_grad():
+                deltas = [p - self.source[n] for n, p in zip(self.names, self.params, strict=True)]
+                self._drift = float(global_norm(deltas))
+            self._drift_key = key
+        return self._drift
 
     def reset(self) -> None:
         """Restore the source parameters, buffers, optimizer state and EMA teacher exactly."""
@@ -171,8 +180,7 @@ class Adapter:
             buffer.copy_(copy_)
 
     def _loss_and_grads(self, loss_fn: LossFn, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, list]:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed + self.update_count)
+        with seeded(self.config.seed + self.update_count, self._cuda_devices):
             out = loss_fn(self.model, batch)
         loss, ent = self._split_loss(out)
         total = loss if ent is None else loss + self.config.entropy_weight * ent
@@ -264,7 +272,19 @@ class Adapter:
 
 def all_finite(tensors: list[torch.Tensor]) -> bool:
     """Whether every element of every tensor is finite (one host sync)."""
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+    return bool(torch.isfinite(torch.cat([t.reshape(-1) for t in tensors])).all()) if tensors else True
+
+
+@contextlib.contextmanager
+def seeded(seed: int, cuda_devices: list[int]) -> Iterator[None]:
+    """Run the block under ``seed`` on the CPU generator (and on ``cuda_devices``), restoring the
+    previous generator states afterwards. Unlike ``torch.manual_seed`` it leaves the other devices'
+    generators alone (and does not initialise CUDA lazily on every call)."""
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda_devices:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 def batch_is_finite(batch: Any) -> bool:
