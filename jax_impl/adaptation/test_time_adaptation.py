@@ -132,17 +132,17 @@ class Adapter:
         for _ in range(self.config.steps_per_call):
             params, rest = self._split.get()
             out = step(params, self.opt_state, self.teacher, rest, batch)
-            report = jax.device_get(out.report)  # one transfer for every scalar
-            if not report["batch_finite"]:
+            loss, ent, norm, drift, batch_finite, result_finite = (float(v) for v in np.asarray(out.report))
+            if not batch_finite:
                 info["skipped"] = "non-finite batch"
                 break
-            info["loss"], info["grad_norm"] = float(report["loss"]), float(report["grad_norm"])
-            info["entropy"] = None if report["entropy"] is None else float(report["entropy"])
-            if not np.isfinite(report["loss"]):
+            info["loss"], info["grad_norm"] = loss, norm
+            info["entropy"] = ent if self.config.entropy_weight > 0 else None
+            if not np.isfinite(loss):
                 info["skipped"] = "non-finite loss"
-            elif not np.isfinite(report["grad_norm"]):
+            elif not np.isfinite(norm):
                 info["skipped"] = "non-finite gradient"
-            elif not report["result_finite"]:
+            elif not result_finite:
                 info["skipped"] = "non-finite update"
             if info["skipped"] is not None:
                 break
@@ -151,7 +151,7 @@ class Adapter:
             self._split.commit(out.params)
             self.opt_state, self.teacher = out.opt_state, out.teacher
             self.update_count += 1
-            self._drift, self._drift_params = float(report["drift"]), out.params
+            self._drift, self._drift_params = drift, out.params
             info["drift"] = self._drift
             info["steps"] += 1
             info["updated"] = True
@@ -272,8 +272,10 @@ class Adapter:
             )
         if teacher is not None:
             teacher = jax.tree.map(lambda t, p: t * c.ema_decay + (1.0 - c.ema_decay) * p, teacher, params)
-        report = {"loss": loss, "entropy": ent, "grad_norm": norm, "drift": self._distance(params),
-                  "batch_finite": all_finite(batch), "result_finite": all_finite((params, opt_state, teacher))}
+        scalars = (loss, jnp.nan if ent is None else ent, norm, self._distance(params), all_finite(batch),
+                   all_finite((params, opt_state, teacher)))
+        dtype = jnp.result_type(*(x for x in scalars if isinstance(x, jax.Array) and x.dtype != jnp.bool_))
+        report = jnp.stack([jnp.asarray(x, dtype) for x in scalars])  # one transfer for all six (widening is exact)
         return StepOutput(params, opt_state, teacher, new_rest, report)
 
     def _split_loss(self, out: LossOutput) -> tuple[jax.Array, jax.Array | None]:
@@ -293,13 +295,14 @@ class Adapter:
 
 
 class StepOutput(NamedTuple):
-    """What the compiled step returns: the candidate state and the scalars that decide its commit."""
+    """What the compiled step returns: the candidate state, and ``report``, the scalars that decide
+    its commit: (loss, entropy or NaN, gradient norm, drift, batch finite, result finite)."""
 
     params: nnx.State
     opt_state: Any
     teacher: Any
     rest: nnx.State
-    report: dict[str, Any]
+    report: jax.Array
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -310,9 +313,11 @@ def all_finite(tree: Any) -> jax.Array:
 
 def check_batch(batch: Any) -> None:
     """Every leaf of ``batch`` must be a jax or numpy array or a Python number, else ``TypeError``."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(batch)
-    for path, leaf in leaves:
-        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)):
+    allowed = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
+    if all(isinstance(leaf, allowed) for leaf in jax.tree.leaves(batch)):
+        return
+    for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+        if not isinstance(leaf, allowed):
             raise TypeError(f"expected a jax or numpy array, got {_type_name(leaf)} "
                             f"(batch{jax.tree_util.keystr(path)})")
 
