@@ -76,11 +76,13 @@ class Adapter:
         buffers the forward updated (train-mode BatchNorm, as in TENT) are kept.
 
         Raises:
-            TypeError: ``loss_fn`` is not callable, or returns no floating tensor.
+            TypeError: ``loss_fn`` is not callable, or returns no floating tensor; ``batch`` holds
+                a JAX array.
             ValueError: the loss is not a scalar, or does not depend on the selected parameters.
         """
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+        check_batch(batch)
         info: dict[str, Any] = {"updated": False, "steps": 0, "loss": None, "entropy": None,
                                 "grad_norm": None, "drift": self.drift(), "skipped": None}
         if not self.config.enabled:
@@ -285,6 +287,19 @@ def seeded(seed: int, cuda_devices: list[int]) -> Iterator[None]:
         for index in cuda_devices:
             torch.cuda.default_generators[index].manual_seed(seed)
         yield
+
+
+def check_batch(batch: Any, where: str = "batch") -> None:
+    """A JAX array anywhere in ``batch`` (tuples, lists, dicts) is a ``TypeError``, named by its place."""
+    if type(batch).__module__.startswith(("jax", "jaxlib")):
+        raise TypeError(f"expected a torch.Tensor or numpy array, got {type(batch).__module__}."
+                        f"{type(batch).__qualname__} ({where})")
+    if isinstance(batch, Mapping):
+        for key, value in batch.items():
+            check_batch(value, f"{where}[{key!r}]")
+    elif isinstance(batch, (tuple, list)):
+        for index, value in enumerate(batch):
+            check_batch(value, f"{where}[{index}]")
 
 
 def batch_is_finite(batch: Any) -> bool:
