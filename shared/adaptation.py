@@ -193,7 +193,7 @@ def select_parameters(names: Iterable[str], config: AdaptationConfig) -> list[st
 
 
 class _Unkeyable(Exception):
-    """A value with no stable hashable key (an array, a list): the callable is keyed by identity."""
+    """No structural key (an empty closure cell): the callable is keyed by identity."""
 
 
 class _Identity:
@@ -215,11 +215,13 @@ def function_key(fn: Callable[..., Any]) -> Hashable:
     """A hashable key under which two callables are known to compute the same function.
 
     A plain function (a ``lambda`` written inside a loop is a new object every time) is keyed by
-    its code object, its globals, and the values of its closure cells and defaults, each with its
-    type (``1`` and ``1.0`` differ); nested functions, ``functools.partial`` and bound methods
-    are keyed structurally too. When some captured value has no stable hashable key (an array, a
-    list), the callable itself is the key (identity), so two such callables never share a key.
-    Used by the JAX Adapter to reuse a compiled step across equal loss functions.
+    its code object and by the values it reads: its closure cells, its defaults, and the globals
+    its code names, each with its type (``1`` and ``1.0`` differ). Functions in closures and
+    defaults, ``functools.partial`` and bound methods are keyed structurally too (a few levels
+    deep); global functions, modules and values with no stable hashable form (an array, a list)
+    count by identity, so rebinding a global or capturing a new array gives a new key. Values are
+    read as ``jax.jit`` reads them, at trace time: an object mutated in place after tracing is not
+    seen. Used by the JAX Adapter to reuse a compiled step across equal loss functions.
     """
     try:
         return _callable_key(fn, depth=0)
@@ -232,13 +234,16 @@ _MAX_DEPTH = 4
 
 def _callable_key(fn: Any, depth: int) -> Hashable:
     if depth > _MAX_DEPTH:
-        raise _Unkeyable
+        return _Identity(fn)
     if isinstance(fn, types.FunctionType):
         try:
             cells = tuple(c.cell_contents for c in fn.__closure__ or ())
         except ValueError:  # an empty cell (a name assigned after the function was made)
             raise _Unkeyable from None
-        return ("function", fn.__code__, _Identity(fn.__globals__), _value_key(cells, depth),
+        namespace = fn.__globals__
+        names = sorted(n for n in _code_names(fn.__code__) if n in namespace)
+        read = tuple((n, _global_key(namespace[n])) for n in names)
+        return ("function", fn.__code__, _Identity(namespace), read, _value_key(cells, depth),
                 _value_key(fn.__defaults__, depth), _value_key(fn.__kwdefaults__, depth))
     if isinstance(fn, functools.partial):
         return ("partial", _callable_key(fn.func, depth + 1), _value_key(fn.args, depth),
@@ -246,6 +251,27 @@ def _callable_key(fn: Any, depth: int) -> Hashable:
     if isinstance(fn, types.MethodType):
         return ("method", _callable_key(fn.__func__, depth + 1), _Identity(fn.__self__))
     return _Identity(fn)
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """The global (and attribute) names ``code`` and the code nested in it refer to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _global_key(value: Any) -> Hashable:
+    """A global: module-level functions, classes and modules are stable objects, keyed by identity
+    (rebinding the name gives a new key); hashable plain values by value; anything else by identity."""
+    if callable(value) or isinstance(value, types.ModuleType):
+        return _Identity(value)
+    try:
+        hash(value)
+    except TypeError:
+        return _Identity(value)
+    return (type(value), value)
 
 
 def _value_key(value: Any, depth: int) -> Hashable:
@@ -259,8 +285,8 @@ def _value_key(value: Any, depth: int) -> Hashable:
         return (dict, tuple(sorted((k, _value_key(v, depth)) for k, v in value.items())))
     try:
         hash(value)
-    except TypeError:
-        raise _Unkeyable from None
+    except TypeError:  # arrays, lists, ...: the object itself (kept alive, so its id is not reused)
+        return _Identity(value)
     return (type(value), value)
 
 

@@ -123,6 +123,23 @@ def test_a_new_lambda_per_call_compiles_once():
     assert traces[0] >= 1 and traces[-1] == traces[0], "a structurally equal loss function must not be traced again"
 
 
+GLOBAL_SCALE = 1.0
+
+
+def test_function_key_sees_the_globals_the_code_reads():
+    def loss():
+        return lambda m: GLOBAL_SCALE * m
+
+    global GLOBAL_SCALE
+    before = function_key(loss())
+    GLOBAL_SCALE = 2.0
+    try:
+        assert function_key(loss()) != before  # a new value: a new trace, not a stale constant
+    finally:
+        GLOBAL_SCALE = 1.0
+    assert function_key(loss()) == before
+
+
 def test_the_compile_cache_is_a_bounded_lru():
     adapter = ssm_adapter(JAX, AdaptationConfig(lr=1e-3))
     adapter.cache_size = 2
@@ -161,6 +178,8 @@ def test_function_key_is_structural():
     assert function_key(make(2.0)) != function_key(make(3.0))
     assert function_key(make(1)) != function_key(make(1.0))  # the type counts: int and float trace differently
     assert function_key(make(np.ones(2))) != function_key(make(np.ones(2)))  # unhashable: identity
+    weights = np.ones(2)
+    assert function_key(make(weights)) == function_key(make(weights))
     assert len({function_key(lambda m, b: m * b) for _ in range(5)}) == 1
     assert len({function_key(lambda m, b, k=k: m * k) for k in (1.0, 2.0, 1.0)}) == 2
 
