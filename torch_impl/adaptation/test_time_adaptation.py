@@ -96,18 +96,18 @@ class Adapter:
             buffers = self._snapshot_buffers()
             try:
                 loss, ent, grads = self._loss_and_grads(loss_fn, batch)
+                norm = global_norm(grads)
+                info["loss"], info["entropy"] = float(loss), None if ent is None else float(ent)
+                info["grad_norm"] = float(norm)
+                if not torch.isfinite(loss):
+                    info["skipped"] = "non-finite loss"
+                elif not torch.isfinite(norm):
+                    info["skipped"] = "non-finite gradient"
+                elif not self._apply(grads, norm):
+                    info["skipped"] = "non-finite update"
             except BaseException:
                 self._restore_buffers(buffers)  # the forward may have updated them before failing
                 raise
-            norm = global_norm(grads)
-            info["loss"], info["entropy"] = float(loss), None if ent is None else float(ent)
-            info["grad_norm"] = float(norm)
-            if not torch.isfinite(loss):
-                info["skipped"] = "non-finite loss"
-            elif not torch.isfinite(norm):
-                info["skipped"] = "non-finite gradient"
-            elif not self._apply(grads, norm):
-                info["skipped"] = "non-finite update"
             if info["skipped"] is not None:
                 self._restore_buffers(buffers)
                 break
