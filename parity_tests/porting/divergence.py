@@ -1,0 +1,337 @@
+"""Find the first layer where a Flax port's forward pass departs from its PyTorch original.
+
+Both models run the same input once. torch: a forward hook on every module records its first
+input and output. Flax: every module of a merged copy is swapped, for that one call, to a subclass
+whose ``__call__`` records the same (values inside ``nnx.scan``/``jit`` are tracers and are skipped;
+``nnx.capture`` cannot be used, it breaks ``nnx.RNN``'s scan carry). Modules pair by (normalised)
+path, outputs are compared in torch's completion order (children before parents) at the outputs
+tolerance; channels-first torch activations are matched against channels-last Flax ones.
+
+The first module whose output differs is reported with its max abs and normwise relative error.
+If its input already differs, the difference entered before it: in a torch-only module run in
+between (``nn.GELU`` where the port calls ``jax.nn.gelu``) or in plain code. Hints name the
+classic causes when they fit: tanh-approximate GELU, LayerNorm epsilon, an untransposed weight,
+x64 off or TF32 on, 'SAME' against explicit padding, BatchNorm's momentum convention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import torch
+from flax import nnx
+from jax import lax
+from torch.func import functional_call
+
+from parity_tests.porting.trees import flax_index
+from shared.compare import compare_leaf
+from shared.porting import Plan
+from shared.porting.rules import IDENTITY
+
+
+@dataclasses.dataclass
+class Record:
+    path: str
+    type_name: str
+    inputs: np.ndarray | None
+    output: np.ndarray | None
+    module: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Divergence:
+    """The first module whose output differs beyond ``tolerance`` (normwise relative error)."""
+
+    module: str
+    module_type: str
+    max_abs: float
+    rel: float
+    tolerance: float
+    input_matches: bool
+    last_match: str | None
+    hints: tuple[str, ...]
+
+    def describe(self) -> str:
+        where = (f"first divergent module: {self.module!r} ({self.module_type}), max abs {self.max_abs:.2e}, "
+                 f"rel {self.rel:.2e} (tolerance {self.tolerance:.0e})")
+        if not self.input_matches:
+            where += (f"; its input already differs, so the difference enters after {self.last_match!r} "
+                      "(the last module whose output matched), in code that is not a paired module")
+        lines = [where] + [f"  hint: {hint}" for hint in self.hints]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _first_array(value: Any) -> np.ndarray | None:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy().copy()
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, (jax.Array, np.ndarray)):
+        return np.asarray(value)
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = _first_array(item)
+            if found is not None:
+                return found
+    return None
+
+
+def record_torch(model: torch.nn.Module, x: torch.Tensor, train: bool) -> list[Record]:
+    """First call of every module, in completion order; buffers are cloned, the model is unchanged."""
+    records: dict[str, Record] = {}
+    handles = []
+
+    def hook_for(path: str) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            if path not in records:
+                records[path] = Record(path, type(module).__name__, _first_array(args), _first_array(output), module)
+        return hook
+
+    for path, module in model.named_modules():
+        handles.append(module.register_forward_hook(hook_for(path)))
+    was_training = model.training
+    try:
+        model.train(train)
+        params = dict(model.named_parameters())
+        buffers = {k: v.clone() for k, v in model.named_buffers()}
+        with torch.no_grad():
+            functional_call(model, (params, buffers), (x,))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return list(records.values())
+
+
+def _recording_class(cls: type, sink: Callable[[Any, Any, Any], None]) -> type:
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        output = cls.__call__(self, *args, **kwargs)
+        sink(self, args, output)
+        return output
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+
+
+def record_flax(model: nnx.Module, x: Any, train: bool) -> list[Record]:
+    """First concrete call of every module of a copy of ``model`` (its state is not changed)."""
+    graphdef, state = nnx.split(model)
+    copy = nnx.merge(graphdef, state)
+    copy.train() if train else copy.eval()
+    index = flax_index(copy)
+    name_of = {}
+    for name, module in index.modules.items():
+        name_of.setdefault(id(module), name)
+    for path, node in nnx.iter_graph(copy):
+        if isinstance(node, nnx.Module) and id(node) not in name_of:
+            name_of[id(node)] = ".".join(str(p) for p in path)
+    records: dict[str, Record] = {}
+
+    def sink(module: Any, args: tuple, output: Any) -> None:
+        name = name_of.get(id(module))
+        array = _first_array(output)
+        if name is not None and name not in records and array is not None:
+            records[name] = Record(name, type(module).__name__, _first_array(args), array, module)
+
+    swapped = []
+    try:
+        for _, node in nnx.iter_graph(copy):
+            if isinstance(node, nnx.Module) and callable(node):
+                original = type(node)
+                node.__class__ = _recording_class(original, sink)
+                swapped.append((node, original))
+        copy(x)
+    finally:
+        for node, original in swapped:
+            node.__class__ = original
+    return list(records.values())
+
+
+def _aligned(torch_value: np.ndarray | None, flax_value: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two activations in one layout (torch channels-first moved last when that makes them match)."""
+    if torch_value is None or flax_value is None:
+        return None
+    if torch_value.shape == flax_value.shape:
+        return torch_value, flax_value
+    if torch_value.ndim >= 3:
+        moved = np.moveaxis(torch_value, 1, -1)
+        if moved.shape == flax_value.shape:
+            return moved, flax_value
+    return None
+
+
+def find_divergence(torch_model: torch.nn.Module, flax_model: nnx.Module, inputs: np.ndarray, *, tolerance: float,
+                    train: bool = True, plan: Plan | None = None) -> Divergence | None:
+    """Run both models on ``inputs`` and return the first divergent module, or ``None`` if every
+    paired module's output agrees within ``tolerance``."""
+    torch_records = record_torch(torch_model, torch.from_numpy(np.array(inputs)), train)
+    flax_records = {r.path: r for r in record_flax(flax_model, inputs, train)}
+    flax_path = {}
+    if plan is not None:
+        flax_path = {pair.torch.path: pair.flax.path for pair in plan.pairs if pair.rule is not IDENTITY}
+    last_match: Record | None = None
+    between: list[Record] = []
+    for rec in torch_records:
+        twin = flax_records.get(flax_path.get(rec.path, rec.path))
+        if twin is None:
+            between.append(rec)
+            continue
+        outputs = _aligned(rec.output, twin.output)
+        if outputs is None:
+            shapes = (None if rec.output is None else rec.output.shape,
+                      None if twin.output is None else twin.output.shape)
+            return Divergence(rec.path, rec.type_name, float("inf"), float("inf"), tolerance, True,
+                              last_match.path if last_match else None,
+                              (f"output shapes differ: torch {shapes[0]}, flax {shapes[1]}",
+                               *_module_hints(rec, twin, None)))
+        diff = compare_leaf(rec.path, outputs[1], outputs[0])
+        if diff.passes(tolerance):
+            last_match, between = rec, []
+            continue
+        inputs_pair = _aligned(rec.inputs, twin.inputs)
+        input_diff = None if inputs_pair is None else compare_leaf(rec.path, inputs_pair[1], inputs_pair[0])
+        if input_diff is None or input_diff.passes(tolerance):
+            hints = _module_hints(rec, twin, inputs_pair) + _precision_hints(rec, twin, torch_model)
+            return Divergence(rec.path, rec.type_name, diff.max_abs, diff.rel, tolerance, True,
+                              last_match.path if last_match else None, tuple(hints))
+        # The input already differs: blame the torch-only module run just before, if its output is that input.
+        reference = last_match.output if last_match is not None else None
+        for culprit in reversed(between):
+            pair = _aligned(culprit.output, twin.inputs)
+            if pair is not None:
+                culprit_diff = compare_leaf(culprit.path, pair[1], pair[0])
+                hints = _activation_hints(culprit.inputs, pair[0], pair[1]) + _precision_hints(rec, twin, torch_model)
+                return Divergence(culprit.path, culprit.type_name, culprit_diff.max_abs, culprit_diff.rel, tolerance,
+                                  True, last_match.path if last_match else None, tuple(hints))
+        hints = []
+        if reference is not None and inputs_pair is not None and reference.shape == inputs_pair[0].shape:
+            hints = _activation_hints(reference, inputs_pair[0], inputs_pair[1])
+        return Divergence(rec.path, rec.type_name, input_diff.max_abs, input_diff.rel, tolerance, False,
+                          last_match.path if last_match else None,
+                          tuple(hints + _precision_hints(rec, twin, torch_model)))
+    return None
+
+
+# --------------------------------------------------------------------------- hints
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    scale = float(np.max(np.abs(b), initial=0.0)) or 1.0
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0)) <= 1e-5 * scale
+
+
+def _activation_hints(x: np.ndarray | None, torch_value: np.ndarray, flax_value: np.ndarray) -> list[str]:
+    """Does the port apply tanh-GELU where torch applies exact GELU to the same ``x``?"""
+    if x is None or x.shape != torch_value.shape:
+        return []
+    t = torch.from_numpy(x.astype(np.float64))
+    exact = torch.nn.functional.gelu(t).numpy()
+    tanh = torch.nn.functional.gelu(t, approximate="tanh").numpy()
+    if _close(torch_value, exact) and _close(flax_value, tanh) and not _close(flax_value, exact):
+        return ["GELU: the port uses the tanh approximation (jax.nn.gelu's default approximate=True); torch's "
+                "nn.GELU()/F.gelu is exact (erf): use jax.nn.gelu(x, approximate=False)"]
+    if _close(torch_value, tanh) and _close(flax_value, exact) and not _close(flax_value, tanh):
+        return ["GELU: torch uses approximate='tanh' but the port the exact GELU: use jax.nn.gelu(x, approximate=True)"]
+    return []
+
+
+def _module_hints(rec: Record, twin: Record, inputs: tuple[np.ndarray, np.ndarray] | None) -> list[str]:
+    t, f, hints = rec.module, twin.module, []
+    if isinstance(t, torch.nn.LayerNorm) and isinstance(f, nnx.LayerNorm) and t.eps != f.epsilon:
+        hints.append(f"LayerNorm epsilon: torch eps={t.eps:g}, flax epsilon={f.epsilon:g} (flax's default is 1e-6): "
+                     f"build the flax LayerNorm with epsilon={t.eps:g}")
+    if isinstance(t, torch.nn.RMSNorm) and isinstance(f, nnx.RMSNorm):
+        eps = t.eps if t.eps is not None else float(torch.finfo(t.weight.dtype).eps)
+        if eps != f.epsilon:
+            hints.append(f"RMSNorm epsilon: torch {eps:g}, flax {f.epsilon:g}: build the flax RMSNorm with "
+                         f"epsilon={eps:g}")
+    if isinstance(t, torch.nn.modules.batchnorm._BatchNorm) and isinstance(f, nnx.BatchNorm):
+        hints.extend(_batch_norm_hints(t, f))
+    if isinstance(t, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) and isinstance(f, nnx.Conv):
+        hints.extend(_conv_hints(t, f, rec.inputs))
+    if isinstance(t, torch.nn.Linear) and inputs is not None and t.in_features == t.out_features:
+        x = inputs[0].astype(np.float64)
+        w = t.weight.detach().double().numpy()
+        b = 0.0 if t.bias is None else t.bias.detach().double().numpy()
+        if twin.output is not None and _close(twin.output, x @ w + b):
+            hints.append("an untransposed weight: the flax output equals x @ W + b with torch's W (out, in); "
+                         "a Linear kernel must be W.T (in, out)")
+    return hints
+
+
+def _batch_norm_hints(t: torch.nn.Module, f: nnx.BatchNorm) -> list[str]:
+    hints = []
+    if t.momentum is not None and abs(f.momentum - (1.0 - t.momentum)) > 1e-12:
+        hints.append(f"BatchNorm momentum convention: torch momentum={t.momentum:g} weighs the NEW batch, flax "
+                     f"momentum weighs the OLD statistics; flax momentum should be {1.0 - t.momentum:g}, "
+                     f"got {f.momentum:g}")
+    if t.eps != f.epsilon:
+        hints.append(f"BatchNorm epsilon: torch {t.eps:g}, flax {f.epsilon:g}")
+    if t.training == bool(f.use_running_average):
+        hints.append(f"BatchNorm mode: torch training={t.training}, flax use_running_average={f.use_running_average}")
+    if type(f) is nnx.BatchNorm:
+        hints.append("stock nnx.BatchNorm updates the running variance with the biased batch variance (torch: "
+                     "unbiased, n/(n-1)) and by default uses E[x^2]-E[x]^2; parity_tests.porting.TorchBatchNorm "
+                     "matches torch")
+    return hints
+
+
+def _torch_pads(t: torch.nn.Module) -> list[tuple[int, int]]:
+    if t.padding == "valid":
+        return [(0, 0)] * len(t.kernel_size)
+    if t.padding == "same":
+        totals = [d * (k - 1) for d, k in zip(t.dilation, t.kernel_size, strict=True)]
+        return [(total // 2, total - total // 2) for total in totals]
+    return [(p, p) for p in t.padding]
+
+
+def _flax_pads(f: nnx.Conv, spatial: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    padding = f.padding
+    n = len(spatial)
+    strides = f.strides if isinstance(f.strides, (tuple, list)) else (f.strides or 1,) * n
+    dilation = f.kernel_dilation if isinstance(f.kernel_dilation, (tuple, list)) else (f.kernel_dilation or 1,) * n
+    if isinstance(padding, str):
+        if padding not in ("SAME", "VALID"):
+            return None
+        window = [(k - 1) * d + 1 for k, d in zip(f.kernel_size, dilation, strict=True)]
+        return [tuple(p) for p in lax.padtype_to_pads(spatial, window, strides, padding)]
+    if isinstance(padding, int):
+        return [(padding, padding)] * n
+    return [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+
+
+def _conv_hints(t: torch.nn.Module, f: nnx.Conv, torch_input: np.ndarray | None) -> list[str]:
+    if torch_input is None:
+        return []
+    spatial = tuple(torch_input.shape[2:])
+    torch_pads, flax_pads = _torch_pads(t), _flax_pads(f, spatial)
+    hints = []
+    if flax_pads is not None and [tuple(p) for p in flax_pads] != torch_pads:
+        hints.append(f"padding: torch pads {torch_pads} (padding={t.padding!r}), flax pads {flax_pads} "
+                     f"(padding={f.padding!r}); 'SAME' with stride > 1 or an even kernel pads asymmetrically: "
+                     f"give flax explicit padding={torch_pads}")
+    strides = f.strides if isinstance(f.strides, (tuple, list)) else (f.strides or 1,) * len(spatial)
+    if tuple(strides) != tuple(t.stride):
+        hints.append(f"strides: torch {t.stride}, flax {tuple(strides)}")
+    return hints
+
+
+def _precision_hints(rec: Record, twin: Record, torch_model: torch.nn.Module) -> list[str]:
+    hints = []
+    if rec.output is not None and twin.output is not None and rec.output.dtype != twin.output.dtype:
+        hints.append(f"precision: torch computes this module in {rec.output.dtype}, flax in {twin.output.dtype} "
+                     "(x64 off: jax.config.update('jax_enable_x64', True) at start-up, or a flax module built "
+                     "with dtype=float32)")
+    on_cuda = any(p.is_cuda for p in torch_model.parameters())
+    if on_cuda and (torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"):
+        hints.append("TF32 is on in torch (torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision): "
+                     "turn it off for parity")
+    precision = jax.config.jax_default_matmul_precision
+    if jax.default_backend() != "cpu" and precision not in ("highest", "float32"):
+        hints.append(f"jax_default_matmul_precision is {precision!r}: on GPU/TPU float32 matmuls may use TF32/bf16 "
+                     "passes; set it to 'highest'")
+    return hints
