@@ -71,13 +71,16 @@ def _relative(key: str, path: str) -> str:
     return key if path == "" else key[len(path) + 1:]
 
 
-def _shapes(tree: ModelTree, unit: Unit) -> str:
-    return ", ".join(f"{n or '(tensor)'} {tuple(np.shape(tree.tensors[unit.key(n)]))}" for n in unit.names) or "none"
+def _shapes(tree: ModelTree, unit: Unit, prefix: str | None = None) -> str:
+    keys = [unit.key(n) for n in unit.names]
+    return ", ".join(f"{_relative(k, prefix) if prefix is not None else k} {tuple(np.shape(tree.tensors[k]))}"
+                     for k in keys) or "none"
 
 
 def _describe(tree: ModelTree, unit: Unit, side: str) -> str:
-    kind = "tensor" if unit.types == (LOOSE,) else unit.types[0]
-    return f"{side} {unit.path or '<root>'!r} ({kind}: {_shapes(tree, unit)})"
+    if unit.types == (LOOSE,):
+        return f"{side} tensor {unit.path!r} {tuple(np.shape(tree.tensors[unit.path]))}"
+    return f"{side} {unit.path or '<root>'!r} ({unit.types[0]}: {_shapes(tree, unit, unit.path)})"
 
 
 def find_units(tree: ModelTree, side: str, forced: set[str]) -> dict[str, Unit]:
@@ -91,7 +94,7 @@ def find_units(tree: ModelTree, side: str, forced: set[str]) -> dict[str, Unit]:
             unit_paths.append(path)
     units: dict[str, Unit] = {}
     for path in unit_paths:
-        names = tuple(sorted(_relative(k, path) for k in tree.tensors if _under(k, path)))
+        names = tuple(_relative(k, path) for k in tree.tensors if _under(k, path))
         if names:
             units[path] = Unit(path, tuple(tree.modules[path]), names)
     for key in sorted(tree.tensors):
@@ -225,9 +228,12 @@ def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrid
         pairs.append(Pair(t_unit, f_unit, rule))
     unpaired_torch = [u for p, u in torch_units.items() if resolved.get(p, (p, None))[0] not in flax_units]
     unpaired_flax = [u for p, u in flax_units.items() if p not in used]
+    errors.extend(_unknown_layers(torch_tree, flax_tree, unpaired_torch, unpaired_flax))
     for unit in unpaired_torch:
+        same_kind = [u.path for u in unpaired_flax if unit.types != (LOOSE,) and find_rule(unit.types, u.types)]
+        suggestion = f"; did you mean overrides={{{unit.path!r}: {same_kind[0]!r}}}?" if same_kind else ""
         errors.append(f"{_describe(torch_tree, unit, 'torch')} has no flax counterpart"
-                      + _context(unit.path, flax_tree, flax_units, "flax"))
+                      + _context(unit.path, flax_tree, flax_units, "flax") + suggestion)
     for unit in unpaired_flax:
         errors.append(f"{_describe(flax_tree, unit, 'flax')} has no torch counterpart"
                       + _context(unit.path, torch_tree, torch_units, "torch"))
@@ -236,6 +242,36 @@ def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrid
                            + HOW_TO)
     return Plan(tuple(pairs), {k: tuple(np.shape(v)) for k, v in torch_tree.tensors.items()},
                 {k: tuple(np.shape(v)) for k, v in flax_tree.tensors.items()})
+
+
+def _unknown_layers(torch_tree: ModelTree, flax_tree: ModelTree, unpaired_torch: list[Unit],
+                    unpaired_flax: list[Unit]) -> list[str]:
+    """Unpaired tensors on both sides under one module path (not the root): a layer without a rule.
+    Reports it once and removes its tensors from the lists (in place)."""
+    errors = []
+    for unit in list(unpaired_torch):
+        if unit not in unpaired_torch:
+            continue
+        parts = unit.path.split(".")
+        for depth in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:depth])
+            flax_side = [u for u in unpaired_flax if _under(u.path, prefix)]
+            if prefix in torch_tree.modules and prefix in flax_tree.modules and flax_side:
+                torch_side = [u for u in unpaired_torch if _under(u.path, prefix)]
+                t_type, f_type = torch_tree.modules[prefix][0], flax_tree.modules[prefix][0]
+                t_held = ", ".join(_shapes(torch_tree, u, prefix) for u in torch_side)
+                f_held = ", ".join(_shapes(flax_tree, u, prefix) for u in flax_side)
+                errors.append(
+                    f"unknown layer: no rule pairs torch {prefix!r} ({t_type}: {t_held}) with flax {prefix!r} "
+                    f"({f_type}: {f_held}); register one with register_rule({t_type!r}, {f_type!r}, Rule(...)) "
+                    f"or pass overrides={{{prefix!r}: ({prefix!r}, rule)}}"
+                )
+                for u in torch_side:
+                    unpaired_torch.remove(u)
+                for u in flax_side:
+                    unpaired_flax.remove(u)
+                break
+    return errors
 
 
 def _context(path: str, other: ModelTree, other_units: Mapping[str, Unit], side: str) -> str:
