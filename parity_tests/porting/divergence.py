@@ -27,7 +27,7 @@ from flax import nnx
 from jax import lax
 from torch.func import functional_call
 
-from parity_tests.porting.trees import flax_index
+from parity_tests.porting.trees import flax_index, plan_for
 from shared.compare import compare_leaf
 from shared.porting import Plan
 from shared.porting.rules import IDENTITY
@@ -83,8 +83,9 @@ def _first_array(value: Any) -> np.ndarray | None:
     return None
 
 
-def record_torch(model: torch.nn.Module, x: torch.Tensor, train: bool) -> list[Record]:
-    """First call of every module, in completion order; buffers are cloned, the model is unchanged."""
+def record_torch(model: torch.nn.Module, x: torch.Tensor, train: bool) -> tuple[list[Record], dict[str, np.ndarray]]:
+    """First call of every module, in completion order, and the buffers after the forward (updated
+    copies: the model is unchanged)."""
     records: dict[str, Record] = {}
     handles = []
 
@@ -107,7 +108,7 @@ def record_torch(model: torch.nn.Module, x: torch.Tensor, train: bool) -> list[R
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return list(records.values())
+    return list(records.values()), {k: v.numpy().copy() for k, v in buffers.items()}
 
 
 def _recording_class(cls: type, sink: Callable[[Any, Any, Any], None]) -> type:
@@ -119,8 +120,9 @@ def _recording_class(cls: type, sink: Callable[[Any, Any, Any], None]) -> type:
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
 
 
-def record_flax(model: nnx.Module, x: Any, train: bool) -> list[Record]:
-    """First concrete call of every module of a copy of ``model`` (its state is not changed)."""
+def record_flax(model: nnx.Module, x: Any, train: bool) -> tuple[list[Record], dict[str, np.ndarray]]:
+    """First concrete call of every module of a copy of ``model``, and the copy's variables after the
+    forward (``model`` itself is not changed)."""
     graphdef, state = nnx.split(model)
     copy = nnx.merge(graphdef, state)
     copy.train() if train else copy.eval()
@@ -150,7 +152,7 @@ def record_flax(model: nnx.Module, x: Any, train: bool) -> list[Record]:
     finally:
         for node, original in swapped:
             node.__class__ = original
-    return list(records.values())
+    return list(records.values()), dict(flax_index(copy).tree.tensors)
 
 
 def _aligned(torch_value: np.ndarray | None, flax_value: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -170,11 +172,11 @@ def find_divergence(torch_model: torch.nn.Module, flax_model: nnx.Module, inputs
                     train: bool = True, plan: Plan | None = None) -> Divergence | None:
     """Run both models on ``inputs`` and return the first divergent module, or ``None`` if every
     paired module's output agrees within ``tolerance``."""
-    torch_records = record_torch(torch_model, torch.from_numpy(np.array(inputs)), train)
-    flax_records = {r.path: r for r in record_flax(flax_model, inputs, train)}
-    flax_path = {}
-    if plan is not None:
-        flax_path = {pair.torch.path: pair.flax.path for pair in plan.pairs if pair.rule is not IDENTITY}
+    plan = plan if plan is not None else plan_for(torch_model, flax_model)
+    torch_records, torch_after = record_torch(torch_model, torch.from_numpy(np.array(inputs)), train)
+    flax_list, flax_after = record_flax(flax_model, inputs, train)
+    flax_records = {r.path: r for r in flax_list}
+    flax_path = {pair.torch.path: pair.flax.path for pair in plan.pairs if pair.rule is not IDENTITY}
     last_match: Record | None = None
     between: list[Record] = []
     for rec in torch_records:
@@ -215,6 +217,32 @@ def find_divergence(torch_model: torch.nn.Module, flax_model: nnx.Module, inputs
         return Divergence(rec.path, rec.type_name, input_diff.max_abs, input_diff.rel, tolerance, False,
                           last_match.path if last_match else None,
                           tuple(hints + _precision_hints(rec, twin, torch_model)))
+    return _statistics_divergence(torch_model, flax_model, plan, torch_after, flax_after, tolerance,
+                                  {r.path: r for r in torch_records}, flax_records, flax_path)
+
+
+def _statistics_divergence(torch_model: torch.nn.Module, flax_model: nnx.Module, plan: Plan,
+                           torch_after: dict[str, np.ndarray], flax_after: dict[str, np.ndarray], tolerance: float,
+                           torch_records: dict[str, Record], flax_records: dict[str, Record],
+                           flax_path: dict[str, str]) -> Divergence | None:
+    """Every output agrees: do the buffers updated by the forward (BatchNorm running statistics)?"""
+    if not torch_after:
+        return None
+    torch_state = {name: t.detach().cpu().numpy() for name, t in torch_model.state_dict().items()}
+    mapped = plan.to_torch(flax_after, torch_fill={**torch_state, **torch_after})
+    for name, value in torch_after.items():
+        if name not in mapped or not np.issubdtype(value.dtype, np.floating):
+            continue
+        diff = compare_leaf(name, mapped[name], value)
+        if diff.passes(tolerance):
+            continue
+        module_path = name.rpartition(".")[0]
+        rec = torch_records.get(module_path)
+        twin = flax_records.get(flax_path.get(module_path, module_path))
+        hints = _module_hints(rec, twin, None) if rec is not None and twin is not None else []
+        return Divergence(f"{module_path} ({name.rpartition('.')[2]} after the forward)",
+                          type(torch_model.get_submodule(module_path)).__name__, diff.max_abs, diff.rel, tolerance,
+                          True, None, tuple(hints))
     return None
 
 
@@ -271,8 +299,6 @@ def _batch_norm_hints(t: torch.nn.Module, f: nnx.BatchNorm) -> list[str]:
                      f"got {f.momentum:g}")
     if t.eps != f.epsilon:
         hints.append(f"BatchNorm epsilon: torch {t.eps:g}, flax {f.epsilon:g}")
-    if t.training == bool(f.use_running_average):
-        hints.append(f"BatchNorm mode: torch training={t.training}, flax use_running_average={f.use_running_average}")
     if type(f) is nnx.BatchNorm:
         hints.append("stock nnx.BatchNorm updates the running variance with the biased batch variance (torch: "
                      "unbiased, n/(n-1)) and by default uses E[x^2]-E[x]^2; parity_tests.porting.TorchBatchNorm "
