@@ -59,4 +59,4 @@ def flax_model(dtype: str = "float32") -> FlaxCNN:
 
 
 def example_inputs(dtype: str = "float32") -> np.ndarray:
-    return np.random.default_rng(0).normal(size=(6, 1, 8, 8)).astype(dtype)
+    return np.random.default_rng(0).normal(size=(4, 1, 6, 6)).astype(dtype)
