@@ -4,6 +4,7 @@ divergence finder names the broken layer (and the classic causes), and the CLI r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,7 @@ from examples.porting import broken_gelu, cnn, gru_policy
 from parity_tests.porting import ROW_GROUPS, compare_models, copy_torch_to_flax, find_divergence
 from shared.porting import Rule
 from ssm_metarl import cli, porting_cli
+from ssm_metarl.parity import format_table
 
 EXAMPLES = {"gru_policy": gru_policy, "cnn": cnn}
 
@@ -53,6 +55,11 @@ def test_broken_port_report_pinpoints_the_tanh_gelu(dtype: str) -> None:
     assert divergence.rel > divergence.tolerance
     assert any("tanh approximation" in hint for hint in divergence.hints)
     assert "first divergent module: 'mlp.1' (GELU)" in report.table()
+    if dtype == "float64":  # the README shows this report: it stays true
+        readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+        shown = readme.split("<!-- porting: broken report -->", 1)[1].split("```", 2)[1]
+        assert divergence.describe() in shown
+        assert format_table([r for r in report.rows if r.quantity == "forward"]).splitlines()[-1] in shown
     fixed = compare_models(broken_gelu.torch_model(dtype), broken_gelu.fixed_flax_model(dtype), inputs,
                            rows=("weights", "forward"))
     assert fixed.passed and fixed.divergence is None, fixed.table()
