@@ -130,6 +130,35 @@ def test_compare_models_rejects_bad_input() -> None:
         compare_models(t, f, np.zeros((2, 4)), rows=("forward", "everything"))
     with pytest.raises(TypeError, match="loss must be"):
         compare_models(t, f, np.zeros((2, 4)), loss="huber")
+    with pytest.raises(ValueError, match=r"outputs' shape \(2, 2\), got \(2, 1\)"):
+        compare_models(t, f, np.zeros((2, 4)), np.zeros((2, 1)))
+
+
+class TorchTokens(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(7, 4, dtype=torch.float64)
+        self.out = torch.nn.Linear(4, 2, dtype=torch.float64)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.embed(ids)))
+
+
+class FlaxTokens(nnx.Module):
+    def __init__(self) -> None:
+        self.embed = nnx.Embed(7, 4, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+        self.out = _linear(4, 2)
+
+    def __call__(self, ids: jnp.ndarray) -> jnp.ndarray:
+        return self.out(jnp.tanh(self.embed(ids)))
+
+
+def test_integer_inputs_and_a_custom_loss_pair() -> None:
+    ids = np.random.default_rng(0).integers(0, 7, size=(5, 3))
+    loss = (lambda out, y: torch.mean(torch.abs(out - y) ** 3), lambda out, y: jnp.mean(jnp.abs(out - y) ** 3))
+    report = compare_models(TorchTokens(), FlaxTokens(), ids, loss=loss, rows=("weights", "forward", "gradients",
+                                                                                 "adapted"))
+    assert report.passed, report.table()
     assert porting_cli.ROW_GROUPS == ROW_GROUPS
 
 

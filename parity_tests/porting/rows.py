@@ -292,9 +292,12 @@ def compare_models(
     pair = _Pair(torch_model, flax_model, plan, loss_pair, inner_lr)
     rng = np.random.default_rng(seed)
     (x,) = _as_torch(inputs)
+    with torch.no_grad():
+        output_shape = tuple(pair.torch_forward(pair.torch_params, x)[0].shape)
     if labels is None:
-        with torch.no_grad():
-            labels = rng.normal(size=tuple(pair.torch_forward(pair.torch_params, x)[0].shape)).astype(dtype)
+        labels = rng.normal(size=output_shape).astype(dtype)
+    elif loss == "mse" and labels.shape != output_shape:
+        raise ValueError(f"with the MSE loss, labels must have the outputs' shape {output_shape}, got {labels.shape}")
     y = torch.from_numpy(np.array(labels))
     out: list[Row] = []
     failed_mode: bool | None = None
