@@ -42,16 +42,10 @@ class FlaxIndex:
     """A Flax model's tree plus, per normalised name, its real path and ``nnx.Variable``."""
 
     tree: ModelTree
-    paths: Mapping[str, tuple[Any, ...]]
+    paths: Mapping[str, tuple[Any, ...]]  # normalised name -> real graph path
     variables: Mapping[str, nnx.Variable]
     modules: Mapping[str, nnx.Module]
-
-    def name_of(self, path: tuple[Any, ...]) -> str:
-        return self._by_path[tuple(path)]
-
-    @property
-    def _by_path(self) -> dict[tuple[Any, ...], str]:
-        return {p: n for n, p in self.paths.items()}
+    names: Mapping[tuple[Any, ...], str]  # real graph path -> normalised name
 
 
 def _is_tensor_variable(node: Any) -> bool:
@@ -87,7 +81,8 @@ def flax_index(model: nnx.Module) -> FlaxIndex:
         elif _is_tensor_variable(node):
             tensors[name] = np.array(node.get_value())
             paths[name], variables[name] = path, node
-    return FlaxIndex(ModelTree(modules, tensors), paths, variables, module_objects)
+    return FlaxIndex(ModelTree(modules, tensors), paths, variables, module_objects,
+                     {path: name for name, path in paths.items()})
 
 
 def plan_for(torch_model: torch.nn.Module, flax_model: nnx.Module, overrides: Overrides = None) -> Plan:
@@ -151,7 +146,7 @@ def copy_flax_to_torch(flax_model: nnx.Module, torch_model: torch.nn.Module, *, 
 def state_to_flat(state: nnx.State | Mapping[str, Any], index: FlaxIndex) -> dict[str, np.ndarray]:
     """An ``nnx.State`` (or pure dict) of the model's variables -> numpy arrays by normalised name."""
     pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
-    by_path = index._by_path
+    by_path = index.names
     out: dict[str, np.ndarray] = {}
 
     def walk(node: Any, path: tuple[Any, ...]) -> None:
