@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ssm_metarl import porting_cli
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--seq-len", type=int, default=33)
     parity.add_argument("--seed", type=int, default=0)
     parity.add_argument("--output", type=Path, default=Path("parity_report.json"), help="JSON report path")
+    porting_cli.add_arguments(parity)
     return parser
 
 
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             from parity_tests.models import set_high_precision
 
             set_high_precision()
+            if args.torch is not None or args.flax is not None:  # a user's own model pair: the porting kit
+                return porting_cli.run(args)
             from parity_tests.matrix import Sizes
             from ssm_metarl import parity
 

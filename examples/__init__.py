@@ -1,0 +1,1 @@
+"""Worked examples (importable, tested by CI)."""

@@ -1,0 +1,287 @@
+"""Pair a torch model's tensors with its Flax port's variables by module path, then map them (pure numpy).
+
+Both models are described by a :class:`ModelTree`: module paths (dotted, ``""`` is the root) with the
+class names along each class's MRO, and every tensor by dotted path. Flax paths come normalised by
+the caller (``nnx.Sequential``'s ``layers`` and ``nnx.RNN``'s ``cell`` dropped) so that they read
+like torch's.
+
+A *unit* is the outermost module whose class has a rule on its side (see ``shared.porting.rules``);
+its tensors move together. A tensor outside every unit is a unit of its own (a "loose" tensor,
+e.g. a raw ``nn.Parameter``) and pairs with the same path on the other side, copied unchanged.
+``overrides`` pairs a torch path with a different Flax path and/or a custom rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from shared.porting.rules import IDENTITY, Rule, RuleError, find_rule, known_types
+
+Target = str | tuple[str, Rule]
+Overrides = Mapping[str, Target] | Callable[[str], Target | None] | None
+LOOSE = "<tensor>"
+HOW_TO = (
+    "Register a rule with shared.porting.register_rule('<TorchClass>', '<FlaxClass>', Rule(...)) "
+    "or pair paths explicitly with overrides={'<torch path>': '<flax path>'} or "
+    "{'<torch path>': ('<flax path>', rule)} (rules: shared.porting.rules LINEAR, CONV, NORM, TRANSPOSE, ...)."
+)
+
+
+class PairingError(ValueError):
+    """The two models' tensors cannot be paired or mapped; the message lists every problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelTree:
+    """One model's structure: ``modules`` (path -> class names along the MRO) and ``tensors``."""
+
+    modules: Mapping[str, tuple[str, ...]]
+    tensors: Mapping[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    path: str
+    types: tuple[str, ...]  # (LOOSE,) for a tensor outside every known layer
+    names: tuple[str, ...]  # tensor names relative to ``path``
+
+    def key(self, name: str) -> str:
+        return join(self.path, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    torch: Unit
+    flax: Unit
+    rule: Rule
+
+
+def join(path: str, name: str) -> str:
+    return ".".join(part for part in (path, name) if part)
+
+
+def _under(key: str, path: str) -> bool:
+    return path == "" or key == path or key.startswith(path + ".")
+
+
+def _relative(key: str, path: str) -> str:
+    return key if path == "" else key[len(path) + 1:]
+
+
+def _shapes(tree: ModelTree, unit: Unit, prefix: str | None = None) -> str:
+    keys = [unit.key(n) for n in unit.names]
+    return ", ".join(f"{_relative(k, prefix) if prefix is not None else k} {tuple(np.shape(tree.tensors[k]))}"
+                     for k in keys) or "none"
+
+
+def _describe(tree: ModelTree, unit: Unit, side: str) -> str:
+    if unit.types == (LOOSE,):
+        return f"{side} tensor {unit.path!r} {tuple(np.shape(tree.tensors[unit.path]))}"
+    return f"{side} {unit.path or '<root>'!r} ({unit.types[0]}: {_shapes(tree, unit, unit.path)})"
+
+
+def find_units(tree: ModelTree, side: str, forced: set[str]) -> dict[str, Unit]:
+    """Outermost modules with a rule on ``side`` (or named in ``forced``), then loose tensors."""
+    known = known_types(side)
+    unit_paths: list[str] = []
+    for path in sorted(tree.modules, key=lambda p: (p.count(".") + (p != ""), p)):
+        if any(_under(path, u) for u in unit_paths):
+            continue
+        if path in forced or known & set(tree.modules[path]):
+            unit_paths.append(path)
+    units: dict[str, Unit] = {}
+    for path in unit_paths:
+        names = tuple(_relative(k, path) for k in tree.tensors if _under(k, path))
+        if names:
+            units[path] = Unit(path, tuple(tree.modules[path]), names)
+    for key in sorted(tree.tensors):
+        if not any(_under(key, u) for u in unit_paths):
+            units[key] = Unit(key, (LOOSE,), ("",))
+    return units
+
+
+def _resolve(overrides: Overrides, torch_paths: list[str]) -> dict[str, tuple[str, Rule | None]]:
+    if overrides is None:
+        return {}
+    if callable(overrides):
+        items = {p: overrides(p) for p in torch_paths}
+        items = {p: t for p, t in items.items() if t is not None}
+    elif isinstance(overrides, Mapping):
+        items = dict(overrides)
+    else:
+        raise TypeError(f"overrides must be a dict or a callable, got {type(overrides).__name__}")
+    out = {}
+    for torch_path, target in items.items():
+        if isinstance(target, str):
+            out[torch_path] = (target, None)
+        elif isinstance(target, tuple) and len(target) == 2 and isinstance(target[0], str) \
+                and isinstance(target[1], Rule):
+            out[torch_path] = target
+        else:
+            raise TypeError(f"override for {torch_path!r} must be a flax path (str) or (flax path, Rule), "
+                            f"got {target!r}")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The pairing of two models' tensors, and the mapping both ways through it."""
+
+    pairs: tuple[Pair, ...]
+    torch_shapes: Mapping[str, tuple[int, ...]]
+    flax_shapes: Mapping[str, tuple[int, ...]]
+
+    def to_flax(self, torch_tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """torch tensors (``state_dict`` names) -> Flax variables (normalised dotted paths)."""
+        return self._map(torch_tensors, "flax")
+
+    def to_torch(self, flax_tensors: Mapping[str, np.ndarray],
+                 torch_fill: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Flax variables -> torch tensors. ``torch_fill`` gives the values of torch-only tensors
+        (e.g. ``num_batches_tracked``); without it those are left out."""
+        out = self._map(flax_tensors, "torch")
+        for pair in self.pairs:
+            for name in pair.rule.torch_only:
+                key = pair.torch.key(name)
+                if key in self.torch_shapes and torch_fill is not None and key in torch_fill:
+                    out[key] = np.array(torch_fill[key], copy=True)
+        return out
+
+    def _map(self, source: Mapping[str, np.ndarray], to: str) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        errors = []
+        for pair in self.pairs:
+            src_unit, dst_unit = (pair.torch, pair.flax) if to == "flax" else (pair.flax, pair.torch)
+            skip_src = pair.rule.torch_only if to == "flax" else pair.rule.flax_only
+            skip_dst = pair.rule.flax_only if to == "flax" else pair.rule.torch_only
+            dst_shapes_all = self.flax_shapes if to == "flax" else self.torch_shapes
+            src_names = [n for n in src_unit.names if n not in skip_src]
+            missing = [src_unit.key(n) for n in src_names if src_unit.key(n) not in source]
+            if missing:
+                errors.append(f"{pair.rule.name} rule {src_unit.path!r}: input lacks {missing}")
+                continue
+            tensors = {n: np.asarray(source[src_unit.key(n)]) for n in src_names}
+            shapes = {n: dst_shapes_all[dst_unit.key(n)] for n in dst_unit.names if n not in skip_dst}
+            convert = pair.rule.to_flax if to == "flax" else pair.rule.to_torch
+            try:
+                mapped = convert(tensors, shapes)
+            except RuleError as err:
+                errors.append(f"{pair.rule.name} rule, torch {pair.torch.path!r} <-> flax {pair.flax.path!r}: {err}")
+                continue
+            got = {n: tuple(np.shape(v)) for n, v in mapped.items()}
+            if got != shapes:
+                errors.append(
+                    f"{pair.rule.name} rule, torch {pair.torch.path!r} -> flax {pair.flax.path!r} "
+                    f"({'to ' + to}): produced {_fmt(got)}, the {to} model holds {_fmt(shapes)}"
+                )
+                continue
+            for name, value in mapped.items():
+                out[dst_unit.key(name)] = value
+        if errors:
+            raise PairingError("cannot map the weights:\n  " + "\n  ".join(errors) + "\n" + HOW_TO)
+        return out
+
+
+def _fmt(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    return "{" + ", ".join(f"{n or '(tensor)'}: {s}" for n, s in sorted(shapes.items())) + "}"
+
+
+def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrides = None) -> Plan:
+    """Pair every torch tensor with Flax variables; raise :class:`PairingError` listing every tensor
+    left unpaired (path and shapes on both sides) and every layer pair without a rule."""
+    torch_modules = sorted(set(torch_tree.modules) | set(torch_tree.tensors))
+    resolved = _resolve(overrides, torch_modules)
+    for torch_path, (flax_path, _) in resolved.items():
+        if torch_path not in torch_tree.modules and torch_path not in torch_tree.tensors:
+            raise PairingError(f"override names torch path {torch_path!r}, which the torch model does not have")
+        if flax_path not in flax_tree.modules and flax_path not in flax_tree.tensors:
+            raise PairingError(f"override maps {torch_path!r} to flax path {flax_path!r}, which the flax model "
+                               f"does not have; flax modules: {sorted(p for p in flax_tree.modules if p)}")
+    torch_units = find_units(torch_tree, "torch", set(resolved))
+    flax_units = find_units(flax_tree, "flax", {target for target, _ in resolved.values()})
+    pairs, errors, used = [], [], set()
+    for path, t_unit in torch_units.items():
+        flax_path, rule = resolved.get(path, (path, None))
+        f_unit = flax_units.get(flax_path)
+        if f_unit is None:
+            continue  # reported below, with what the flax side holds there
+        used.add(flax_path)
+        if rule is None:
+            if t_unit.types == (LOOSE,) and f_unit.types == (LOOSE,):
+                rule = IDENTITY
+            else:
+                rule = find_rule(t_unit.types, f_unit.types)
+        if rule is None:
+            errors.append(f"no rule pairs {_describe(torch_tree, t_unit, 'torch')} with "
+                          f"{_describe(flax_tree, f_unit, 'flax')}")
+            continue
+        if rule is IDENTITY:
+            t_shape = tuple(np.shape(torch_tree.tensors[t_unit.key('')]))
+            f_shape = tuple(np.shape(flax_tree.tensors[f_unit.key('')]))
+            if t_shape != f_shape:
+                errors.append(f"torch tensor {t_unit.path!r} {t_shape} and flax tensor {f_unit.path!r} {f_shape} "
+                              "pair by path but differ in shape (a transposed weight? use rules.TRANSPOSE)")
+                continue
+        pairs.append(Pair(t_unit, f_unit, rule))
+    unpaired_torch = [u for p, u in torch_units.items() if resolved.get(p, (p, None))[0] not in flax_units]
+    unpaired_flax = [u for p, u in flax_units.items() if p not in used]
+    errors.extend(_unknown_layers(torch_tree, flax_tree, unpaired_torch, unpaired_flax))
+    for unit in unpaired_torch:
+        same_kind = [u.path for u in unpaired_flax if unit.types != (LOOSE,) and find_rule(unit.types, u.types)]
+        suggestion = f"; did you mean overrides={{{unit.path!r}: {same_kind[0]!r}}}?" if same_kind else ""
+        errors.append(f"{_describe(torch_tree, unit, 'torch')} has no flax counterpart"
+                      + _context(unit.path, flax_tree, flax_units, "flax") + suggestion)
+    for unit in unpaired_flax:
+        errors.append(f"{_describe(flax_tree, unit, 'flax')} has no torch counterpart"
+                      + _context(unit.path, torch_tree, torch_units, "torch"))
+    if errors:
+        raise PairingError("cannot pair the torch model with the flax model:\n  " + "\n  ".join(errors) + "\n"
+                           + HOW_TO)
+    return Plan(tuple(pairs), {k: tuple(np.shape(v)) for k, v in torch_tree.tensors.items()},
+                {k: tuple(np.shape(v)) for k, v in flax_tree.tensors.items()})
+
+
+def _unknown_layers(torch_tree: ModelTree, flax_tree: ModelTree, unpaired_torch: list[Unit],
+                    unpaired_flax: list[Unit]) -> list[str]:
+    """Unpaired tensors on both sides under one module path (not the root): a layer without a rule.
+    Reports it once and removes its tensors from the lists (in place)."""
+    errors = []
+    for unit in list(unpaired_torch):
+        if unit not in unpaired_torch:
+            continue
+        parts = unit.path.split(".")
+        for depth in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:depth])
+            flax_side = [u for u in unpaired_flax if _under(u.path, prefix)]
+            if prefix in torch_tree.modules and prefix in flax_tree.modules and flax_side:
+                torch_side = [u for u in unpaired_torch if _under(u.path, prefix)]
+                t_type, f_type = torch_tree.modules[prefix][0], flax_tree.modules[prefix][0]
+                t_held = ", ".join(_shapes(torch_tree, u, prefix) for u in torch_side)
+                f_held = ", ".join(_shapes(flax_tree, u, prefix) for u in flax_side)
+                errors.append(
+                    f"unknown layer: no rule pairs torch {prefix!r} ({t_type}: {t_held}) with flax {prefix!r} "
+                    f"({f_type}: {f_held}); register one with register_rule({t_type!r}, {f_type!r}, Rule(...)) "
+                    f"or pass overrides={{{prefix!r}: ({prefix!r}, rule)}}"
+                )
+                for u in torch_side:
+                    unpaired_torch.remove(u)
+                for u in flax_side:
+                    unpaired_flax.remove(u)
+                break
+    return errors
+
+
+def _context(path: str, other: ModelTree, other_units: Mapping[str, Unit], side: str) -> str:
+    """What the other model holds at or near ``path``: the module there, or its unpaired tensors."""
+    parts = path.split(".")
+    for depth in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:depth])
+        nearby = [u for p, u in other_units.items() if _under(p, prefix)]
+        if prefix in other.modules or nearby:
+            kind = other.modules.get(prefix, ("?",))[0]
+            held = "; ".join(_describe(other, u, side) for u in nearby) or "no tensors"
+            return f" (the {side} model has {prefix!r} ({kind}) holding {held})"
+    return ""
