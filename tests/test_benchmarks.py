@@ -180,3 +180,10 @@ def test_bench_quick_runs_every_contender_and_writes_json_markdown_and_plots(tmp
     assert (tmp_path / "quick.md").read_text().startswith("| case |")
     assert (tmp_path / "quick_sequence_forward.png").stat().st_size > 0
     assert "torch compiled / floor compiled" in json.dumps(payload["summary"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_bench_on_cuda_without_a_gpu_says_so(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--quick", "--device", "cuda"])
+    assert "--device cuda: torch sees no CUDA device here" in capsys.readouterr().err
