@@ -1,8 +1,10 @@
 """The full PyTorch-vs-JAX comparison (``ssm-metarl bench``), each contender measured in the same run.
 
 Every thread setting runs in a fresh worker process, because XLA reads its thread flags at start-up;
-torch gets the same count through ``torch.set_num_threads``. Results: ``<output>/<name>.json``,
-``<name>.md`` and PNG plots (time against size, one line per contender).
+torch gets the same count through ``torch.set_num_threads``. ``torch.compile`` costs 25-30 s per
+shape on a 2-core CPU, so by default only the 1-thread process runs the compiled contenders
+(``--compile``); a contender not run somewhere gets a row whose note says why. Results:
+``<output>/<name>.json``, ``<name>.md`` and PNG plots (time against size, one line per contender).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def worker(threads: int, device: str, quick: bool, compile_torch: bool, out: Pat
     reps = sizes["reps"]
     results: list[Result] = []
     d = w.Dims()
-    not_here = None if compile_torch else "torch.compile contenders run only in the compile process (--compile)"
+    not_here = None if compile_torch else ("torch.compile is off at this thread setting (--compile lowest, the "
+                                           "default, compiles in the 1-thread process only; --no-compile nowhere)")
 
     def skip(allowed: bool, why: str) -> str | None:
         return not_here or (None if allowed else why)
