@@ -6,6 +6,10 @@
     y_t    = W2 gelu(W1 h_t + b1) + b2 + D x_t + b_D  (exact, erf-based GELU)
 
 The module holds no state between calls: the recurrent state is passed in and returned.
+Data-dependent checks (NaN/Inf, 0/1 flags) run at the public boundary, on concrete tensors; under
+``torch.func`` transforms (``vmap``, ``grad`` of wrapped inputs) and ``torch.compile`` the forward is
+pure tensor maths, so it can be vmapped, differentiated to any order and compiled. The caller of a
+transform (e.g. ``MetaMAML``) validates the data before tracing.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class SSM(nn.Module):
         self.config = SSMConfig(state_dim, input_dim, output_dim, hidden_dim, r_min, r_max)
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        kw = {"device": torch.device(device), "dtype": dtype}
+        kw = {"device": resolve_device(device), "dtype": dtype}
         decay = torch.empty(state_dim, **kw).uniform_(r_min, r_max)
         self.nu_log = nn.Parameter(torch.log(-torch.log(decay)))
         self.B = nn.Linear(input_dim, state_dim, **kw)
@@ -170,8 +174,10 @@ class SSM(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         check_rank_and_width("input", x.shape, ranks, self.config.input_dim, "input_dim")
+        if x.dim() == 3 and x.shape[1] == 0:
+            raise ValueError(f"input has no time steps (shape {tuple(x.shape)}); expected at least one time step")
         self._check_dtype_device("input", x)
-        if not bool(torch.isfinite(x).all()):
+        if not _traced(x) and not bool(torch.isfinite(x).all()):
             raise ValueError("input contains NaN or Inf; expected finite values")
 
     def _check_dtype_device(self, name: str, t: torch.Tensor) -> None:
@@ -186,7 +192,7 @@ class SSM(nn.Module):
             raise TypeError(f"state must be a torch.Tensor, got {type(state).__name__}")
         check_shape("state", state.shape, (batch, self.config.state_dim))
         self._check_dtype_device("state", state)
-        if not bool(torch.isfinite(state).all()):
+        if not _traced(state) and not bool(torch.isfinite(state).all()):
             raise ValueError("state contains NaN or Inf; expected finite values")
 
     def _state_or_zeros(self, state: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -201,7 +207,35 @@ class SSM(nn.Module):
         check_shape("starts", starts.shape, shape)
         if starts.device != self.nu_log.device:
             raise ValueError(f"starts must be on device {self.nu_log.device}, got {starts.device}")
+        if starts.dtype.is_complex:
+            raise TypeError(f"starts must be a real or bool tensor of 0/1 flags, got {starts.dtype}")
+        if not _traced(starts) and not bool(((starts == 0) | (starts == 1)).all()):
+            bad = starts[(starts != 0) & (starts != 1)].flatten()[:3].tolist()
+            raise ValueError(f"starts must hold only 0 or 1 (episode-start flags), got values such as {bad}")
         return starts.to(self.nu_log.dtype)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine, else ``ValueError`` naming the valid ones."""
+    valid = ["cpu"]
+    if torch.cuda.is_available():
+        valid += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        valid.append("mps")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str or torch.device, one of {valid}, got {type(device).__name__}")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must be one of {valid} (or a torch.device), got {device!r}") from err
+    if resolved.type != "cpu" and str(resolved) not in valid:
+        raise ValueError(f"device {device!r} is not available on this machine; expected one of {valid}")
+    return resolved
+
+
+def _traced(t: torch.Tensor) -> bool:
+    """Inside ``torch.compile`` or a ``torch.func`` transform that wraps ``t``: no data-dependent checks."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 def ssm_decay_and_gain(nu_log: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
