@@ -94,12 +94,12 @@ def worker(threads: int, device: str, quick: bool, compile_torch: bool, out: Pat
         run("ssm_step", d.batch, w.ssm_step(d, device, skip(not quick, f"{label} compiles no ssm_step")))
     if "sequence_forward" in cases:
         for length in sizes["lengths"]:
-            why = f"{label} compiles sequence_forward only at T in {sizes['compile_lengths']}"
+            why = f"{label} compiles sequence_forward {_only('T', sizes['compile_lengths'])}"
             run("sequence_forward", length,
                 w.sequence_forward(d, length, device, skip(length in sizes["compile_lengths"], why)))
     if "adapt" in cases:
         for k in sizes["ks"]:
-            why = f"{label} compiles adapt only at k in {sizes['compile_ks']}"
+            why = f"{label} compiles adapt {_only('k', sizes['compile_ks'])}"
             run("adapt", k, w.adapt(d, k, device, skip(k in sizes["compile_ks"], why)))
     if "meta_update" in cases:
         for order in ("second", "first"):
@@ -127,6 +127,10 @@ def worker(threads: int, device: str, quick: bool, compile_torch: bool, out: Pat
     payload = {"environment": env, "matmul": matmul_peak(threads, device), "memory": memory,
                "results": [r.to_dict() for r in results]}
     out.write_text(json.dumps(payload))
+
+
+def _only(symbol: str, values: list) -> str:
+    return f"only at {symbol} in {values}" if values else "at no size"
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -82,16 +82,9 @@ def _tasks(d: Dims, n: int, seed: int = 0, dtype: str = "float32") -> list[tuple
 make_tasks = _tasks
 
 
-def ours_torch(model: TorchSSM, mode: dict[str, bool], **kwargs: Any) -> TorchMAML | str:
-    """Our torch MetaMAML in one mode, or the reason it cannot be built (an older MetaMAML without the option)."""
-    try:
-        return TorchMAML(model, **kwargs, **mode)
-    except TypeError as err:
-        if not any(option in str(err) for option in mode):
-            raise
-        if not any(mode.values()):  # the loop mode is the seed MetaMAML, which takes no mode options
-            return TorchMAML(model, **kwargs)
-        return f"not run: this MetaMAML does not take {mode} ({err})"
+def ours_torch(model: TorchSSM, mode: dict[str, bool], **kwargs: Any) -> TorchMAML:
+    """Our torch MetaMAML in one mode (``vectorize``/``compile``, the constructor's keyword options)."""
+    return TorchMAML(model, **kwargs, **mode)
 
 
 def fresh_compile() -> None:
@@ -216,7 +209,7 @@ def meta_update(d: Dims, meta_batch: int, first_order: bool, device: str, skip_c
             continue
         maml = ours_torch(torch_model(d, w, device), mode, inner_lr=INNER_LR, outer_lr=OUTER_LR,
                           num_inner_steps=k, first_order=first_order)
-        out[name] = maml if isinstance(maml, str) else (lambda maml=maml: maml.meta_update(t_tasks))
+        out[name] = lambda maml=maml: maml.meta_update(t_tasks)
     grad_fn = floors.torch_func_meta_grad(INNER_LR, k, first_order)
     out[names.FLOOR_EAGER.name] = _torch_floor_step(grad_fn, w, t_stacked, device)
     out[names.FLOOR_COMPILED.name] = (f"not run: {skip_compiled}" if skip_compiled else
@@ -286,7 +279,7 @@ def adapt(d: Dims, k: int, device: str, skip_compiled: str | None = None) -> Con
             out[name] = f"not run: {skip_compiled}"
             continue
         maml = ours_torch(torch_model(d, w, device), mode, inner_lr=INNER_LR, num_inner_steps=k)
-        out[name] = maml if isinstance(maml, str) else (lambda maml=maml: maml.adapt(tsx, tsy))
+        out[name] = lambda maml=maml: maml.adapt(tsx, tsy)
     inner = floors.torch_func_inner(INNER_LR, k, first_order=False)
     tp = floors.torch_params(w, device)
     out[names.FLOOR_EAGER.name] = lambda: inner(tp, tsx, tsy)

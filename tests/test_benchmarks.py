@@ -173,8 +173,6 @@ def test_bench_quick_runs_every_contender_and_writes_json_markdown_and_plots(tmp
             row = rows[contender.name]
             if contender in (names.TORCH_COMPILED, names.FLOOR_COMPILED):  # --no-compile: a row that says so
                 assert row["median_s"] is None and row["note"].startswith("not run: "), row
-            elif contender == names.TORCH_VMAP and row["median_s"] is None:  # until MetaMAML takes `vectorize`
-                assert "does not take" in row["note"], row
             else:
                 assert row["median_s"] and row["median_s"] > 0, row
     assert (tmp_path / "quick.md").read_text().startswith("| case |")
