@@ -242,3 +242,41 @@ def test_public_checks_still_run_outside_transforms():
     xs[0, 1, 2] = float("nan")
     with pytest.raises(ValueError, match="input contains NaN or Inf"):
         model(xs)
+
+
+# ------------------------------------------------------------ the parallel mode without resets (decay-power matrix)
+@pytest.mark.parametrize("length", [1, 2, 7, 100, 900])
+def test_parallel_without_resets_equals_sequential(length):
+    """Up to S*T*T = 4M the parallel mode uses the (S, T, T) matrix of decay powers; beyond, Hillis-Steele."""
+    model = make()
+    xs = torch.randn(2, length, 3, dtype=F64)
+    h0 = torch.randn(2, 6, dtype=F64)
+    seq = model.hidden_states(xs, h0, mode="sequential")
+    par = model.hidden_states(xs, h0, mode="parallel")
+    torch.testing.assert_close(par, seq, rtol=1e-11, atol=1e-12)
+
+
+def test_gradgradcheck_parallel_without_resets():
+    model = make(state=3, inp=2, out=2, hidden=3)
+    xs = torch.randn(2, 5, 2, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+
+    def parallel(xs, h0, *params):
+        return _scan_parallel(model, dict(zip(names, params, strict=True)), xs, h0)
+
+    assert torch.autograd.gradcheck(parallel, (xs, h0, *params))
+    assert torch.autograd.gradgradcheck(parallel, (xs, h0, *params))
+
+
+def _scan_parallel(model, params, xs, h0):
+    class Scan(torch.nn.Module):
+        def __init__(self, ssm):
+            super().__init__()
+            self.ssm = ssm
+
+        def forward(self, xs, h0):
+            return self.ssm.scan(xs, h0, mode="parallel")[0]
+
+    return torch.func.functional_call(Scan(model), {f"ssm.{n}": p for n, p in params.items()}, (xs, h0))

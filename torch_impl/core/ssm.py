@@ -28,6 +28,8 @@ from shared.validation import check_rank_and_width, check_shape
 from shared.weights import load_weights, save_weights
 
 ScanMode = Literal["sequential", "parallel"]
+# The parallel mode without resets uses the (S, T, T) decay-power matrix up to this many elements.
+TOEPLITZ_MAX_ELEMENTS = 1 << 22
 
 
 class SSM(nn.Module):
@@ -142,6 +144,8 @@ class SSM(nn.Module):
         if mode == "sequential":
             return sequential_scan(decays, inputs, state)
         if mode == "parallel":
+            if starts is None and self.config.state_dim * length * length <= TOEPLITZ_MAX_ELEMENTS:
+                return toeplitz_scan(torch.exp(self.nu_log), inputs, state)
             return parallel_scan(decays.expand_as(inputs), inputs, state)
         raise ValueError(f"mode must be 'sequential' or 'parallel', got {mode!r}")
 
@@ -245,22 +249,34 @@ def ssm_decay_and_gain(nu_log: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def ssm_readout(params: dict[str, torch.Tensor], h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``W2 gelu(W1 h + b1) + b2 + D x + b_D``; ``params`` by canonical name."""
-    hidden = F.gelu(F.linear(h, params["W1.weight"], params["W1.bias"]))
-    return F.linear(hidden, params["W2.weight"], params["W2.bias"]) + F.linear(x, params["D.weight"], params["D.bias"])
+    """``W2 gelu(W1 h + b1) + b2 + D x + b_D``; ``params`` by canonical name (see :func:`ssm_step` for
+    stacked parameters)."""
+    hidden = F.gelu(_affine(h, params["W1.weight"], params["W1.bias"]))
+    return _affine(hidden, params["W2.weight"], params["W2.bias"]) + _affine(x, params["D.weight"], params["D.bias"])
 
 
 def ssm_step(params: dict[str, torch.Tensor], x: torch.Tensor, state: torch.Tensor,
          start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of the SSM as a pure function of its parameters (no checks): ``(y, new_state)``.
 
-    Pure, so ``torch.func.vmap`` can map it over stacked parameters (one set per task).
+    ``params`` are one set (``x (B, I)``, ``state (B, S)``) or a stack of ``N`` sets with a leading
+    axis (``x (N, B, I)``, ``state (N, B, S)``; set ``i`` acts on ``x[i]``), which runs as batched
+    matrix products, cheaper than ``torch.func.vmap`` for one small step.
     """
     decay, gain = ssm_decay_and_gain(params["nu_log"])
+    if params["nu_log"].dim() == 2:
+        decay, gain = decay.unsqueeze(-2), gain.unsqueeze(-2)
     if start is not None:
         state = state * (1.0 - start).unsqueeze(-1)
-    new_state = decay * state + gain * F.linear(x, params["B.weight"], params["B.bias"])
+    new_state = decay * state + gain * _affine(x, params["B.weight"], params["B.bias"])
     return ssm_readout(params, new_state, x), new_state
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x W^T + b``; ``weight (O, I)``, or stacked ``(N, O, I)`` with ``x (N, B, I)`` and ``bias (N, O)``."""
+    if weight.dim() == 2:
+        return F.linear(x, weight, bias)
+    return torch.baddbmm(bias.unsqueeze(-2), x, weight.transpose(-1, -2))
 
 
 def sequential_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -271,6 +287,20 @@ def sequential_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Ten
         state = (decays if decays.dim() == 1 else decays[:, t]) * state + inputs[:, t]
         hs.append(state)
     return torch.stack(hs, dim=1)
+
+
+def toeplitz_scan(rate: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """The recurrence with one decay ``lambda = exp(-rate)`` per channel and no resets, all steps at once:
+    ``h_t = sum_{s<=t} lambda^(t-s) u_s + lambda^(t+1) h_0`` as one batched matrix product with the
+    ``(S, T, T)`` lower-triangular matrix of decay powers ``exp(-rate (t - s))``. ``rate (S,)``,
+    ``inputs (B, T, S)``, ``state (B, S)``. Few, large, fusable ops: cheap to differentiate to any order.
+    """
+    steps = torch.arange(inputs.shape[1], dtype=inputs.dtype, device=inputs.device)
+    lag = steps[:, None] - steps[None, :]  # (T, T): t - s
+    powers = torch.exp(-rate[:, None, None] * lag.clamp(min=0))  # (S, T, T); clamp keeps the masked part finite
+    kernel = torch.where(lag >= 0, powers, torch.zeros((), dtype=inputs.dtype, device=inputs.device))
+    carried = torch.exp(-rate * (steps[:, None] + 1)) * state.unsqueeze(1)  # (B, T, S)
+    return torch.einsum("cts,bsc->btc", kernel, inputs) + carried
 
 
 def parallel_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:

@@ -302,20 +302,22 @@ class MetaMAML:
             raise ValueError(f"{what}: the model's forward or loss failed: {type(err).__name__}: {err}") from err
 
     def _diagnose(self, tasks: list[Task]) -> str | None:
-        """After a failure in the chosen mode: does the plain eager loop run one task? Then say which option."""
+        """After a failure in the chosen mode: does the plain eager loop run one task? Then name the option
+        to turn off. If the eager loop raises ``TypeError``/``ValueError`` (a clear message about the
+        input, e.g. label shapes), that error is raised instead."""
         if not (self.vectorize or self.compile):
             return None
         try:
             params = {name: p.detach() for name, p in self.trainable_parameters().items()}
             torch.func.grad(self.task_query_loss)(params, self.rest(), tasks[0])
+        except (TypeError, ValueError):
+            raise
         except Exception:  # the eager loop fails too: the model itself is at fault
             return None
-        options = [f"{name}={value}" for name, value in (("vectorize", self.vectorize), ("compile", self.compile))
-                   if value]
-        fixes = [f"{name}=False" for name, value in (("vectorize", self.vectorize), ("compile", self.compile))
-                 if value]
-        return (f"this model runs in the eager loop but not with {' and '.join(options)} (e.g. nn.GRU/nn.LSTM under "
-                f"vmap, or data-dependent Python control flow); use MetaMAML(..., {', '.join(fixes)})")
+        flags = [name for name, value in (("vectorize", self.vectorize), ("compile", self.compile)) if value]
+        return (f"this model runs in the eager loop but not with {' and '.join(f'{n}=True' for n in flags)} "
+                f"(e.g. nn.GRU/nn.LSTM under vmap, or data-dependent Python control flow); use "
+                f"MetaMAML(..., {', '.join(f'{n}=False' for n in flags)})")
 
     # ------------------------------------------------------------ checks (the public boundary)
     def _check_vectorizable(self, tasks: list[Task]) -> None:
