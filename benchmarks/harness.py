@@ -95,7 +95,36 @@ def environment(threads: int, device: str) -> dict[str, Any]:
         "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads, "device": device,
         "torch_threads": torch.get_num_threads(), "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "tf32": tf32_state(device),
+        "torchinductor_fx_graph_cache": os.environ.get("TORCHINDUCTOR_FX_GRAPH_CACHE", "default"),
+        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "optional": optional_versions(),
     }
+
+
+def tf32_state(device: str) -> str:
+    """Whether float32 matmuls/convolutions may use TF32 on this device ("n/a on cpu")."""
+    import torch
+
+    if device != "cuda":
+        return "n/a on cpu"
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    return (f"matmul {'on' if matmul else 'off'}, cudnn {'on' if cudnn else 'off'} "
+            f"(float32_matmul_precision={torch.get_float32_matmul_precision()}; "
+            f"device {torch.cuda.get_device_name()})")
+
+
+def optional_versions() -> dict[str, str | None]:
+    """Versions of the peers (None when not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in ("higher", "torchopt", "optree"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def matmul_peak(threads: int, device: str = "cpu", n: int = 1024) -> dict[str, float]:

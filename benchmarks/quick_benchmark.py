@@ -1,6 +1,7 @@
 """The quick suite: every public API call on both backends works, and how long each takes.
 
-``python -m benchmarks.quick_benchmark`` runs in well under 2 minutes on a 2-core CPU. Each call is
+``python -m benchmarks.quick_benchmark`` runs in well under 2 minutes on a 2-core CPU (no
+``torch.compile``: the compiled mode is timed by ``ssm-metarl bench``). Each call is
 checked (shapes, finite values, that an update happened) before it is timed; the table shows the
 median of ``--reps`` synchronised calls after warm-up, with the first (compiling) call apart.
 """
@@ -30,6 +31,8 @@ def checks() -> list[tuple[str, str, Callable[[], Any], Callable[[Any], None]]]:
     tasks = w._tasks(d, 4)
     t_tasks = [tuple(torch.tensor(a) for a in task) for task in tasks]
     t_maml, j_maml = w.TorchMAML(t, 0.01, 0.001), w.JaxMAML(j, 0.01, 0.001)
+    t_loop = w.TorchMAML(w.torch_model(d, {k: v.detach().numpy() for k, v in t.state_dict().items()}), 0.01, 0.001,
+                         vectorize=False)
     adapter = w.adapter_step(d, "cpu")
     rl = w.rl_iteration(tasks=4, episodes=4)
 
@@ -57,6 +60,7 @@ def checks() -> list[tuple[str, str, Callable[[], Any], Callable[[Any], None]]]:
         ("MetaMAML.adapt", "jax", lambda: j_maml.adapt(*tasks[0][:2]), params),
         ("MetaMAML.meta_update", "torch", lambda: t_maml.meta_update(t_tasks), finite),
         ("MetaMAML.meta_update", "jax", lambda: j_maml.meta_update(tasks), finite),
+        ("MetaMAML.meta_update (vectorize=False)", "torch", lambda: t_loop.meta_update(t_tasks), finite),
         ("Adapter.update_step", "torch", adapter["torch eager"], updated),
         ("Adapter.update_step", "jax", adapter["jax jit"], updated),
         ("MAML-RL meta-iteration (nav2d 4x4)", "torch", rl["torch (numpy envs)"], rl_ok),
