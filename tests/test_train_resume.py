@@ -24,7 +24,7 @@ def interrupt_after(k):
 
 
 def snapshot(directory):
-    tensors, meta = load_weights(directory / "checkpoint.safetensors")
+    tensors, _ = load_weights(directory / "checkpoint.safetensors")
     metrics = json.loads((directory / "metrics.json").read_text())["iterations"]
     evaluation = json.loads((directory / "evaluation.json").read_text())
     numbers = {k: v for k, v in evaluation.items() if k.startswith("after_")}
