@@ -4,6 +4,9 @@ from __future__ import annotations
 
 EVENTS = frozenset({"/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                     "/jax/core/compile/backend_compile_duration"})
+# tqdm's bar with the ETA and a rate always in iterations per second
+BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+              "[{elapsed} elapsed, ETA {remaining}, {rate_noinv_fmt}{postfix}]")
 _total = [0.0]
 _listening = [False]
 

@@ -40,6 +40,8 @@ def robust_range(values: np.ndarray, skip: int) -> tuple[float, float]:
 def learning_curve(metrics: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None:
     """Mean return of each meta-iteration's training batch, before and after one inner step."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     iterations = np.array([m["iteration"] for m in metrics]) + 1
     pre = np.array([m["pre_return"] for m in metrics], dtype=float)
     post = np.array([m["post_return"] for m in metrics], dtype=float)
@@ -57,6 +59,7 @@ def learning_curve(metrics: list[dict[str, Any]], config: dict[str, Any], path: 
     ax.set(xlabel="meta-iteration (outer Adam steps)",
            ylabel="mean episode return\n(training batch, sum of rewards)",
            title=f"learning curve on training tasks\n{run_title(config)}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right" if len(iterations) <= 3 else "best", fontsize=9)
     fig.tight_layout()

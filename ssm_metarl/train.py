@@ -30,7 +30,7 @@ from shared.env_runner import MetaEnvironment, get_distribution
 from shared.env_runner.tasks import TaskDistribution
 from shared.weights import check_weights, load_weights, save_weights
 from ssm_metarl import checkpoint, plots, rundir
-from ssm_metarl.compile_time import jax_compile_seconds
+from ssm_metarl.compile_time import BAR_FORMAT, jax_compile_seconds
 from ssm_metarl.config_file import check_keys, dumps_toml, read_toml
 from ssm_metarl.rl_loop import batches, evaluate, meta_iteration, rollout
 from ssm_metarl.runinfo import RETURN_MEANING, run_info
@@ -351,10 +351,6 @@ def _train_one(config: TrainConfig, directory: Path, final: Path, many: bool, ch
     resume_path.unlink(missing_ok=True)
     print_report(report, distribution, final)
     return report
-
-
-BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-              "[{elapsed} elapsed, ETA {remaining}, {rate_noinv_fmt}{postfix}]")
 
 
 def compile_line(config: TrainConfig, compile_seconds: float | None, train_seconds: float) -> str:
