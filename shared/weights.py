@@ -42,6 +42,8 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], d
     truncated, corrupt or foreign file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory; expected a .safetensors weight file")
     if not path.is_file():
         raise FileNotFoundError(f"weight file {str(path)!r} does not exist")
     try:
