@@ -315,6 +315,9 @@ class TrainingSession:
         state = checkpoint.load(self.resume_path) if self.resume_path.is_file() else None
         if state is not None and state.config != dataclasses.asdict(config):
             raise ValueError(f"{str(self.resume_path)!r} was written for another configuration: {state.config}")
+        if state is not None:
+            check_weights(state.params, expected_layout(config, self.distribution),
+                          f"resume checkpoint {str(self.resume_path)!r}")
         weights = state.params if state else initial_weights(config, self.distribution)
         self.learner = make_learner(config, self.distribution, weights)
         self.meta_env = MetaEnvironment(self.distribution, seed=config.seed)
