@@ -31,17 +31,31 @@ def shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The porting options of ``ssm-metarl parity`` (all optional: without --torch/--flax the matrix runs)."""
     group = parser.add_argument_group("your own model pair (porting kit)")
     group.add_argument("--torch", metavar="MODULE:FACTORY", default=None,
-                       help="factory of your torch.nn.Module, e.g. examples.porting.gru_policy:torch_model")
+                       help="factory of your torch.nn.Module, e.g. examples.porting.gru_policy:torch_model "
+                            "(default: none, run the built-in matrix)")
     group.add_argument("--flax", metavar="MODULE:FACTORY", default=None,
-                       help="factory of its flax.nnx.Module port, e.g. examples.porting.gru_policy:flax_model")
+                       help="factory of its flax.nnx.Module port, e.g. examples.porting.gru_policy:flax_model "
+                            "(default: none; needed with --torch)")
     group.add_argument("--input-shape", type=shape, default=None, metavar="B,...",
-                       help="shape of one input batch, in the layout both models take, e.g. 4,10,3")
-    group.add_argument("--int-inputs", type=int, default=None, metavar="N",
-                       help="integer inputs in [0, N) instead of normal noise (token ids)")
+                       help="shape of one input batch, in the layout both models take, e.g. 4,10,3 "
+                            "(default: none; needed with --torch)")
+    group.add_argument("--int-inputs", type=positive, default=None, metavar="N",
+                       help="integer inputs in [0, N) instead of normal noise, e.g. token ids "
+                            "(default: none, normal noise)")
     group.add_argument("--rows", nargs="+", choices=ROW_GROUPS, default=list(ROW_GROUPS),
                        help="row groups to run (default: all)")
 
