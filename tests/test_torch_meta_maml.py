@@ -146,3 +146,99 @@ def test_ssm_sequences_meta_update():
     maml = MetaMAML(SSM(4, 2, 1, 6, "cpu", dtype=F64), inner_lr=0.1, outer_lr=0.01, num_inner_steps=2)
     losses = [maml.meta_update(ssm_tasks()) for _ in range(10)]
     assert losses[-1] < losses[0]
+
+
+# ------------------------------------------------------------ value_and_meta_gradient / apply_meta_gradient
+def _snapshot(maml: MetaMAML) -> tuple[dict, dict]:
+    params = {n: p.detach().clone() for n, p in maml.model.named_parameters()}
+    state = {i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+             for i, s in maml.optimizer.state_dict()["state"].items()}
+    return params, state
+
+
+def _assert_unchanged(maml: MetaMAML, snapshot: tuple[dict, dict]) -> None:
+    params, state = snapshot
+    for n, p in maml.model.named_parameters():
+        torch.testing.assert_close(p.detach(), params[n], rtol=0, atol=0)
+    now = maml.optimizer.state_dict()["state"]
+    assert set(now) == set(state)
+    for i in state:
+        for k in state[i]:
+            torch.testing.assert_close(now[i][k], state[i][k], rtol=0, atol=0)
+
+
+def test_value_and_meta_gradient_returns_the_loss_and_the_meta_gradient():
+    maml = MetaMAML(MLP(), inner_lr=0.3)
+    loss, grads = maml.value_and_meta_gradient(mlp_tasks())
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
+    assert loss.item() == pytest.approx(meta_loss(maml, mlp_tasks()), rel=1e-12)
+    expected = maml.meta_gradient(mlp_tasks())
+    assert set(grads) == set(expected)
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected[name], rtol=0, atol=0)
+
+
+def test_meta_update_is_value_and_meta_gradient_then_apply_meta_gradient():
+    torch.manual_seed(0)
+    a, b = MLP(), MLP()
+    b.load_state_dict(a.state_dict())
+    maml_a, maml_b = MetaMAML(a, inner_lr=0.3, outer_lr=0.01), MetaMAML(b, inner_lr=0.3, outer_lr=0.01)
+    for _ in range(3):
+        loss_a = maml_a.meta_update(mlp_tasks())
+        loss_b, grads = maml_b.value_and_meta_gradient(mlp_tasks())
+        assert maml_b.apply_meta_gradient(grads) is None
+        assert loss_a == float(loss_b)
+    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_apply_meta_gradient_refuses_non_finite_gradients(bad):
+    maml = MetaMAML(MLP(), inner_lr=0.3, outer_lr=0.01)
+    maml.meta_update(mlp_tasks())  # Adam state exists
+    snapshot = _snapshot(maml)
+    grads = maml.meta_gradient(mlp_tasks())
+    grads["l1.weight"][0, 0] = bad
+    with pytest.raises(ValueError, match="the model was not changed"):
+        maml.apply_meta_gradient(grads)
+    _assert_unchanged(maml, snapshot)
+
+
+def test_apply_meta_gradient_checks_keys_and_shapes():
+    maml = MetaMAML(MLP())
+    grads = maml.meta_gradient(mlp_tasks())
+    with pytest.raises(ValueError, match="keys"):
+        maml.apply_meta_gradient({k: v for k, v in grads.items() if k != "l1.bias"})
+    with pytest.raises(ValueError, match=r"grads\['l1.bias'\] must be a tensor of shape \(16,\)"):
+        maml.apply_meta_gradient({**grads, "l1.bias": torch.zeros(3, dtype=F64)})
+    with pytest.raises(TypeError, match="dict"):
+        maml.apply_meta_gradient([grads])
+
+
+@pytest.mark.parametrize(("dtype", "outer_lr"), [(torch.float32, 1e39), (torch.float64, 1e308)])
+def test_a_step_whose_parameters_would_not_be_finite_is_refused_and_restored(dtype, outer_lr):
+    """float32 with lr 1e39 overflowed inside torch.optim.Adam (a bare RuntimeError); float64 with
+    lr 1e308 left Inf/NaN parameters behind. Both now raise ValueError and restore params and Adam state."""
+    torch.manual_seed(0)
+    model = SSM(4, 2, 1, 6, "cpu", dtype=dtype)
+    maml = MetaMAML(model, outer_lr=outer_lr)
+    tasks = [tuple(t.to(dtype) for t in task) for task in ssm_tasks()]
+    for _ in range(2):  # the first call (empty Adam state) and a second one: both refused, both restore
+        snapshot = _snapshot(maml)
+        with pytest.raises(ValueError, match=r"not finite|overflow"):
+            maml.meta_update(tasks)
+        _assert_unchanged(maml, snapshot)
+
+
+def test_a_huge_but_finite_step_is_taken_and_the_next_call_refuses():
+    """outer_lr=1e30: parameters near 1e30 are finite, so the step is what was asked for; the next
+    call sees a non-finite loss and leaves the model exactly as the first step left it."""
+    torch.manual_seed(0)
+    maml = MetaMAML(SSM(4, 2, 1, 6, "cpu"), outer_lr=1e30)
+    tasks = [tuple(t.float() for t in task) for task in ssm_tasks()]
+    assert np.isfinite(maml.meta_update(tasks))
+    assert all(bool(torch.isfinite(p).all()) for p in maml.model.parameters())
+    snapshot = _snapshot(maml)
+    with pytest.raises(ValueError, match="the model was not changed"):
+        maml.meta_update(tasks)
+    _assert_unchanged(maml, snapshot)

@@ -104,18 +104,65 @@ class MetaMAML:
         """The meta-gradient (mean over tasks of the post-adaptation query loss), without stepping."""
         return self._meta_gradient(tasks)[0]
 
+    def value_and_meta_gradient(self, tasks: Sequence[tuple]) -> tuple[torch.Tensor, Params]:
+        """``(loss, grads)``: the mean post-adaptation query loss (a detached 0-d tensor) and the
+        meta-gradient dict keyed like the trainable parameters. Nothing is changed."""
+        grads, loss = self._meta_gradient(tasks)
+        return loss, grads
+
+    def apply_meta_gradient(self, grads: Params) -> None:
+        """One Adam step (``self.optimizer``) with ``grads`` as the gradients of the trainable parameters.
+
+        Refuses non-finite gradients, and a step whose resulting parameters are not finite (or that
+        overflows the parameters' dtype): parameters and optimizer state are restored and
+        ``ValueError`` is raised, so the model is left as it was.
+        """
+        params = self.trainable_parameters()
+        if not isinstance(grads, dict):
+            raise TypeError(f"grads must be a dict keyed like the trainable parameters, got {type(grads).__name__}")
+        if set(grads) != set(params):
+            raise ValueError(f"grads must have exactly the trainable parameters' keys {sorted(params)}, "
+                             f"got {sorted(grads)}")
+        for name, p in params.items():
+            g = grads[name]
+            if not isinstance(g, torch.Tensor) or g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                got = (f"{tuple(g.shape)} {g.dtype} on {g.device}" if isinstance(g, torch.Tensor)
+                       else type(g).__name__)
+                raise ValueError(f"grads[{name!r}] must be a tensor of shape {tuple(p.shape)}, dtype {p.dtype} "
+                                 f"on {p.device}, got {got}")
+        if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+            raise ValueError("apply_meta_gradient: the meta-gradient contains NaN/Inf; the model was not changed")
+        saved_params = {name: p.detach().clone() for name, p in params.items()}
+        saved_state = {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+                       for p, state in self.optimizer.state.items()}
+        for name, p in params.items():
+            p.grad = grads[name].detach()
+        try:
+            self.optimizer.step()
+            failure = None if all(bool(torch.isfinite(p).all()) for p in params.values()) else "are not finite"
+        except RuntimeError as err:  # e.g. "value cannot be converted to type float without overflow"
+            failure = f"overflow ({err})"
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+        if failure is not None:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(saved_params[name])
+            self.optimizer.state.clear()
+            self.optimizer.state.update(saved_state)
+            raise ValueError(f"apply_meta_gradient: the step's resulting parameters {failure} "
+                             f"(outer_lr={self.outer_lr!r} too large?); the model was not changed")
+
     def meta_update(self, tasks: Sequence[tuple]) -> float:
         """One outer Adam step; returns the mean query loss after adaptation.
 
-        A non-finite loss or meta-gradient raises ``ValueError`` and leaves the model unchanged.
+        Exactly ``value_and_meta_gradient`` then ``apply_meta_gradient``. A non-finite loss,
+        meta-gradient or resulting parameter raises ``ValueError`` and leaves the model unchanged.
         """
-        grads, loss = self._meta_gradient(tasks)
-        if not torch.isfinite(loss) or not all(bool(torch.isfinite(g).all()) for g in grads.values()):
-            raise ValueError("meta_update: the query loss or meta-gradient is NaN/Inf; the model was not changed")
-        for name, p in self.trainable_parameters().items():
-            p.grad = grads[name]
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        loss, grads = self.value_and_meta_gradient(tasks)
+        if not bool(torch.isfinite(loss)):
+            raise ValueError("meta_update: the query loss is NaN/Inf; the model was not changed")
+        self.apply_meta_gradient(grads)
         return float(loss)
 
     # ------------------------------------------------------------ internals
