@@ -124,23 +124,27 @@ class DistributedMetaMAML:
             grads = {name: torch.zeros_like(p) for name, p in template.items()}
         names = list(grads)
         device = next(iter(template.values())).device
-        flat = torch.cat([grads[name].detach().reshape(-1).to(device) * count for name in names]
-                         + [(loss.detach().to(device) * count).reshape(1), torch.full((1,), float(count),
-                            dtype=loss.dtype, device=device)])
+        # one all-reduce carries the count-weighted gradients and loss, the count, and the ranks'
+        # claimed meta-batch size e and e**2 (all ranks agree iff sum(e)**2 == world * sum(e**2))
+        expected = 0.0 if expected_total is None else float(expected_total)
+        tail = torch.tensor([count, expected, expected**2], dtype=torch.float64, device=device)
+        comm = torch.float64 if loss.dtype == torch.float64 else torch.float32  # counts stay exact
+        flat = torch.cat([grads[name].detach().reshape(-1).to(device, comm) * count for name in names]
+                         + [(loss.detach().to(device, comm) * count).reshape(1), tail.to(comm)])
         self._collective(dist.all_reduce, flat, op=dist.ReduceOp.SUM)
-        total = int(round(float(flat[-1])))
+        total, claimed, claimed_sq = (round(float(v)) for v in flat[-3:])
+        if claimed**2 != self.world_size * claimed_sq or (expected_total is not None and total != expected_total):
+            raise WorkerFailure(f"ranks disagree on the meta-batch: rank {self.rank} has {expected_total} tasks, "
+                                f"the ranks' slices add up to {total}; every rank must pass the same task list")
         if total == 0:
             raise ValueError("no rank holds a task; expected at least one task in the meta-batch")
-        if expected_total is not None and total != expected_total:
-            raise WorkerFailure(f"ranks disagree on the meta-batch: rank {self.rank} has {expected_total} tasks, "
-                                f"but the ranks' slices add up to {total}; every rank must pass the same task list")
-        flat = flat / total
+        flat = flat[:-3] / total
         out, offset = {}, 0
         for name in names:
             size = grads[name].numel()
-            out[name] = flat[offset:offset + size].view_as(grads[name]).to(grads[name].device)
+            out[name] = flat[offset:offset + size].view_as(grads[name]).to(grads[name].device, grads[name].dtype)
             offset += size
-        return flat[offset].to(loss.device), out
+        return flat[offset].to(loss.device, loss.dtype), out
 
     def apply_meta_gradient(self, grads: Params) -> None:
         """One Adam step with the (all-reduced) meta-gradient; the same step on every rank."""
@@ -155,14 +159,12 @@ class DistributedMetaMAML:
     def meta_update(self, tasks: Sequence[tuple]) -> float:
         """One distributed outer step on ``tasks`` (the whole meta-batch); returns the mean query loss."""
         loss, grads = self.value_and_meta_gradient(tasks)
-        self.apply_meta_gradient(grads)
-        return float(loss)
+        return self._step(loss, grads)
 
     def local_meta_update(self, local_tasks: Sequence[tuple], *, expected_total: int | None = None) -> float:
         """One distributed outer step when each rank holds only its own tasks."""
         loss, grads = self.local_value_and_meta_gradient(local_tasks, expected_total=expected_total)
-        self.apply_meta_gradient(grads)
-        return float(loss)
+        return self._step(loss, grads)
 
     def check_in_sync(self) -> None:
         """Raise :class:`WorkerFailure` unless every rank holds bit-identical parameters and buffers."""
@@ -182,6 +184,12 @@ class DistributedMetaMAML:
         return buffer.tolist()
 
     # ------------------------------------------------------------ internals
+    def _step(self, loss: torch.Tensor, grads: Params) -> float:
+        if not bool(torch.isfinite(loss)):  # the all-reduced loss: every rank refuses alike
+            raise ValueError("meta_update: the query loss is NaN/Inf; the model was not changed")
+        self.apply_meta_gradient(grads)
+        return float(loss)
+
     def _collective(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, group=self.group, **kwargs)
