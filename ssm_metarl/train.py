@@ -20,6 +20,7 @@ from shared.config import from_dict
 from shared.env_runner import MetaEnvironment, get_distribution
 from shared.env_runner.tasks import TaskDistribution
 from shared.weights import load_weights, save_weights
+from ssm_metarl import scaleout
 from ssm_metarl.rl_loop import batches, evaluate, meta_iteration, rollout
 
 NATIVE_TASKS = ("nav2d", "bandit")
@@ -155,17 +156,27 @@ def run_evaluation(learner: Any, config: TrainConfig, distribution: TaskDistribu
 def train(config: TrainConfig, output: Path) -> dict[str, Any]:
     """Meta-train, evaluate, and write everything under ``output``."""
     distribution = get_distribution(config.task)
-    output.mkdir(parents=True, exist_ok=True)
     learner = make_learner(config, distribution, initial_weights(config, distribution))
     meta_env = MetaEnvironment(distribution, seed=config.seed)
-    step = _iteration_fn(config, learner, meta_env, distribution)
+    ranks = scaleout.join(config.backend, learner)  # under torchrun: tasks sharded over the ranks
+    if ranks is None:
+        step = _iteration_fn(config, learner, meta_env, distribution)
+    else:
+        step = ranks.iteration_fn(learner, meta_env, config.meta_batch, config.episodes)
+    if ranks is None or ranks.writes:
+        output.mkdir(parents=True, exist_ok=True)
     metrics = []
-    progress = tqdm(range(config.iterations), desc=f"{config.task} ({config.backend})", unit="it")
+    progress = tqdm(range(config.iterations), desc=f"{config.task} ({config.backend})", unit="it",
+                    disable=ranks is not None and not ranks.writes)
     for iteration in progress:
         start = time.perf_counter()
         result = step()
         metrics.append({"iteration": iteration, **result, "seconds": time.perf_counter() - start})
         progress.set_postfix(pre=f"{result['pre_return']:.1f}", post=f"{result['post_return']:.1f}")
+    if ranks is not None:
+        ranks.finish()
+        if not ranks.writes:  # only rank 0 writes outputs and evaluates
+            return {}
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
     save_checkpoint(output / "checkpoint.safetensors", learner, config)
     report = run_evaluation(learner, config, distribution)

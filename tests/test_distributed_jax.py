@@ -1,0 +1,140 @@
+"""JAX scale-out on 4 forced host devices (``XLA_FLAGS=--xla_force_host_platform_device_count=4``).
+
+The flag must be set before JAX is imported, so :func:`test_four_device_suite` runs this module's
+``test_on_4_devices_*`` tests in a fresh pytest subprocess with the flag set; in the normal run they
+skip (one device).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_impl.core.params import to_canonical
+from jax_impl.meta_rl.distributed import DistributedMetaMAML, WorkerFailure, make_mesh
+from jax_impl.meta_rl.meta_maml import MetaMAML
+from parity_tests.distributed import INNER_LR, INNER_STEPS, MLP_DIMS, OUTER_LR, make_mlp_tasks
+from parity_tests.models import twin_mlps
+from shared.compare import compare_trees
+
+ROOT = Path(__file__).resolve().parents[1]
+FOUR = len(jax.devices()) >= 4
+needs_four = pytest.mark.skipif(not FOUR, reason="run by test_four_device_suite with 4 forced host devices")
+
+
+def test_four_device_suite() -> None:
+    if FOUR:
+        pytest.skip("already on 4 devices")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                             "-k", "on_4_devices"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "skipped" not in result.stdout.splitlines()[-1], result.stdout[-2000:]
+
+
+def mlp_maml(dtype: str = "float64", seed: int = 0) -> MetaMAML:
+    _, model = twin_mlps(MLP_DIMS[0], MLP_DIMS[1], MLP_DIMS[2], dtype, seed)
+    return MetaMAML(model, INNER_LR, OUTER_LR, INNER_STEPS)
+
+
+def params_of(maml: MetaMAML) -> dict:
+    return to_canonical(nnx.state(maml.model, nnx.Param))
+
+
+@needs_four
+def test_on_4_devices_trajectory_matches_one_device() -> None:
+    """5 tasks on 4 devices (padded to 8), 3 Adam steps, checksum checked every step == 1 device."""
+    tasks = make_mlp_tasks(5, "float64", seed=1)
+    single, sharded_maml = mlp_maml(), mlp_maml()
+    sharded = DistributedMetaMAML(sharded_maml, make_mesh(4), check_every=1)
+    single_losses = [single.meta_update(tasks) for _ in range(3)]
+    sharded_losses = [sharded.meta_update(tasks) for _ in range(3)]
+    comparison = compare_trees({"params": params_of(sharded_maml), "losses": np.array(sharded_losses)},
+                               {"params": params_of(single), "losses": np.array(single_losses)})
+    assert comparison.passes(1e-9), comparison.report(1e-9)
+    assert sharded.steps == 3
+
+
+@needs_four
+def test_on_4_devices_the_task_axis_is_really_sharded() -> None:
+    sharded = DistributedMetaMAML(mlp_maml(), make_mesh(4))
+    tasks = make_mlp_tasks(5, "float64")
+    loss, _ = sharded.value_and_meta_gradient(tasks)
+    assert len(loss.sharding.device_set) == 4  # replicated result on every device
+    stacked, n = sharded._stack(tasks)
+    placed = sharded._place(stacked, sharded._by_task)
+    shard_shapes = {s.data.shape[0] for s in jax.tree.leaves(placed)[0].addressable_shards}
+    assert n == 5 and shard_shapes == {2}  # padded to 8: two tasks per device
+    _, params, rest = nnx.split(sharded.maml.model, nnx.Param, ...)
+    weights = np.zeros(8)
+    hlo = sharded._value_and_grad.lower(sharded._place(params, sharded._replicated),
+                                        sharded._place(rest, sharded._replicated), placed,
+                                        sharded._place(weights, sharded._by_task)).compile().as_text()
+    assert "all-reduce" in hlo
+
+
+@needs_four
+def test_on_4_devices_resume_with_a_different_mesh() -> None:
+    """2 steps on 4 devices, state saved, 2 more on 2 devices == 4 uninterrupted steps on 4 devices."""
+    tasks = make_mlp_tasks(5, "float64", seed=2)
+    uninterrupted = mlp_maml()
+    run = DistributedMetaMAML(uninterrupted, make_mesh(4))
+    for _ in range(4):
+        run.meta_update(tasks)
+    first = mlp_maml()
+    first_run = DistributedMetaMAML(first, make_mesh(4))
+    for _ in range(2):
+        first_run.meta_update(tasks)
+    saved_params = jax.tree.map(np.asarray, nnx.state(first.model, nnx.Param))
+    saved_opt = jax.tree.map(np.asarray, first.opt_state)
+    resumed = mlp_maml(seed=7)  # other weights: everything must come from the saved state
+    nnx.update(resumed.model, jax.tree.map(jax.numpy.asarray, saved_params))
+    resumed.opt_state = jax.tree.map(jax.numpy.asarray, saved_opt)
+    second_run = DistributedMetaMAML(resumed, make_mesh(2))
+    for _ in range(2):
+        second_run.meta_update(tasks)
+    comparison = compare_trees(params_of(resumed), params_of(uninterrupted))
+    assert comparison.passes(1e-9), comparison.report(1e-9)
+
+
+@needs_four
+def test_on_4_devices_bad_input() -> None:
+    import torch
+
+    sharded = DistributedMetaMAML(mlp_maml(), make_mesh(4))
+    tasks = make_mlp_tasks(3, "float64")
+    with pytest.raises(TypeError, match="jax or numpy array"):
+        sharded.value_and_meta_gradient([tuple(torch.from_numpy(a) for a in tasks[0])])
+    with pytest.raises(TypeError, match="dtype float64"):
+        sharded.value_and_meta_gradient([tuple(a.astype("float32") for a in tasks[0])])
+    with pytest.raises(ValueError, match="same structure and shapes"):
+        sharded.value_and_meta_gradient([tasks[0], tuple(a[:5] for a in tasks[1])])
+    with pytest.raises(ValueError, match="non-empty"):
+        sharded.value_and_meta_gradient([])
+    with pytest.raises(ValueError, match="workers must be an integer in"):
+        make_mesh(5)
+    with pytest.raises(ValueError, match="'tasks' axis"):
+        DistributedMetaMAML(mlp_maml(), jax.sharding.Mesh(np.array(jax.devices()), ("data",)))
+    before = params_of(sharded.maml)
+    bad = [tuple(np.full_like(a, np.nan) if i == 1 else a for i, a in enumerate(tasks[0]))]
+    with pytest.raises(ValueError, match="not changed"):
+        sharded.meta_update(bad)
+    assert compare_trees(params_of(sharded.maml), before).max_abs == 0.0
+
+
+@needs_four
+def test_on_4_devices_sync_check_detects_divergence(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jax.experimental import multihost_utils
+
+    sharded = DistributedMetaMAML(mlp_maml(), make_mesh(4), check_every=1)
+    sharded.check_in_sync()  # one process: agrees with itself
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([[1], [2]], np.uint64))
+    with pytest.raises(WorkerFailure, match="diverged"):
+        sharded.check_in_sync()
