@@ -143,7 +143,7 @@ def rows(dtype: str) -> list:
     jax = jax_results()
     for world in (2, 4):
         for n in JAX_TASK_COUNTS[world]:
-            for first_order in (False, True):
+            for first_order in (False, True) if dtype == "float64" else (False,):
                 k = key(world, n, dtype, first_order)
                 c = compare_trees(jax[k]["dist"], jax[k]["single"])
                 out.append(Row(f"distributed meta-gradient (MLP), JAX mesh, {world} devices, {n} tasks, "
@@ -224,20 +224,20 @@ def jax_worker(out: Path) -> None:
     if len(jax.devices()) < 4:
         raise RuntimeError(f"expected 4 host devices (XLA_FLAGS), got {jax.devices()}")
     results: dict[str, Any] = {}
-    for dtype in ("float64", "float32"):
-        for first_order in (False, True):
-            # one MetaMAML (and one sharded twin per mesh) per setting: each compiles once per shape
-            _, model = twin_mlps(MLP_DIMS[0], MLP_DIMS[1], MLP_DIMS[2], dtype, 0)
-            maml = MetaMAML(model, INNER_LR, OUTER_LR, INNER_STEPS, first_order=first_order)
-            for world in (2, 4):
-                sharded = DistributedMetaMAML(maml, make_mesh(world))
-                for n in JAX_TASK_COUNTS[world]:
-                    tasks = make_mlp_tasks(n, dtype)
-                    loss, grads = sharded.value_and_meta_gradient(tasks)
-                    single_loss, single = maml.value_and_meta_gradient(tasks)
-                    results[key(world, n, dtype, first_order)] = {
-                        "dist": {"loss": np.asarray(loss), **to_canonical(grads)},
-                        "single": {"loss": np.asarray(single_loss), **to_canonical(single)}}
+    # float32: second order only (the contract's float32 rows do not split by order)
+    for dtype, first_order in (("float64", False), ("float64", True), ("float32", False)):
+        # one MetaMAML (and one sharded twin per mesh) per setting: each compiles once per shape
+        _, model = twin_mlps(MLP_DIMS[0], MLP_DIMS[1], MLP_DIMS[2], dtype, 0)
+        maml = MetaMAML(model, INNER_LR, OUTER_LR, INNER_STEPS, first_order=first_order)
+        for world in (2, 4):
+            sharded = DistributedMetaMAML(maml, make_mesh(world))
+            for n in JAX_TASK_COUNTS[world]:
+                tasks = make_mlp_tasks(n, dtype)
+                loss, grads = sharded.value_and_meta_gradient(tasks)
+                single_loss, single = maml.value_and_meta_gradient(tasks)
+                results[key(world, n, dtype, first_order)] = {
+                    "dist": {"loss": np.asarray(loss), **to_canonical(grads)},
+                    "single": {"loss": np.asarray(single_loss), **to_canonical(single)}}
     np.savez(out / "results.npz", results=np.array(results, dtype=object))
 
 

@@ -10,7 +10,7 @@ def test_distributed_meta_gradient_rows(dtype: str) -> None:
     rows = distributed.rows(dtype)
     names = [r.quantity for r in rows]
     for backend, world, n in (("torch gloo", 2, 5), ("torch gloo", 4, 3), ("JAX mesh", 2, 5), ("JAX mesh", 4, 3)):
-        for order in ("first", "second"):
+        for order in ("first", "second") if dtype == "float64" or backend == "torch gloo" else ("second",):
             assert any(backend in q and f"{world} " in q and f"{n} tasks" in q and f"{order} order" in q
                        for q in names), (backend, world, n, order)
     for r in rows:

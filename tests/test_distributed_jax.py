@@ -34,9 +34,11 @@ def test_four_device_suite() -> None:
         pytest.skip("already on 4 devices")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                             "-k", "on_4_devices"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                             "-k", "on_4_devices", "--durations=0"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "skipped" not in result.stdout.splitlines()[-1], result.stdout[-2000:]
+    print(result.stdout[-2000:])
 
 
 def mlp_maml(dtype: str = "float64", seed: int = 0) -> MetaMAML:
@@ -68,15 +70,13 @@ def test_on_4_devices_the_task_axis_is_really_sharded() -> None:
     tasks = make_mlp_tasks(5, "float64")
     loss, _ = sharded.value_and_meta_gradient(tasks)
     assert len(loss.sharding.device_set) == 4  # replicated result on every device
-    stacked, n = sharded._stack(tasks)
-    placed = sharded._place(stacked, sharded._by_task)
-    shard_shapes = {s.data.shape[0] for s in jax.tree.leaves(placed)[0].addressable_shards}
-    assert n == 5 and shard_shapes == {2}  # padded to 8: two tasks per device
-    _, params, rest = nnx.split(sharded.maml.model, nnx.Param, ...)
-    weights = np.zeros(8)
-    hlo = sharded._value_and_grad.lower(sharded._place(params, sharded._replicated),
-                                        sharded._place(rest, sharded._replicated), placed,
-                                        sharded._place(weights, sharded._by_task)).compile().as_text()
+    arguments = sharded._arguments(tasks)
+    weights = arguments[3]
+    assert [s.data.shape for s in weights.addressable_shards] == [(2,)] * 4  # 5 tasks padded to 8
+    np.testing.assert_array_equal(np.asarray(weights), [0.2] * 5 + [0.0] * 3)
+    shard_shapes = {s.data.shape[0] for s in jax.tree.leaves(arguments[2])[0].addressable_shards}
+    assert shard_shapes == {2}
+    hlo = sharded._value_and_grad.lower(*arguments).compile().as_text()
     assert "all-reduce" in hlo
 
 

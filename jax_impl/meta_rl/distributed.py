@@ -105,13 +105,7 @@ class DistributedMetaMAML:
         Equals ``MetaMAML.value_and_meta_gradient(tasks)`` to rounding (float64: 1e-12 relative).
         The results are replicated over the mesh.
         """
-        stacked, n = self._stack(tasks)
-        size = padded_size(n, self.world_size)
-        padded = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], size - n, axis=0)]), stacked)
-        weights = np.concatenate([np.full(n, 1.0 / n), np.zeros(size - n)]).astype(self._dtype())
-        _, params, rest = nnx.split(self.maml.model, nnx.Param, ...)
-        return self._value_and_grad(self._place(params, self._replicated), self._place(rest, self._replicated),
-                                    self._place(padded, self._by_task), self._place(weights, self._by_task))
+        return self._value_and_grad(*self._arguments(tasks))
 
     def apply_meta_gradient(self, grads: Params) -> None:
         """One optax Adam step with the (replicated) meta-gradient; the same step on every device and process."""
@@ -143,6 +137,16 @@ class DistributedMetaMAML:
             raise WorkerFailure(f"parameters diverged across processes after step {self.steps}: checksums {everyone}")
 
     # ------------------------------------------------------------ internals
+    def _arguments(self, tasks: Sequence[tuple]) -> tuple:
+        """``(params, rest, tasks, weights)`` placed on the mesh: the task axis padded and sharded."""
+        stacked, n = self._stack(tasks)
+        size = padded_size(n, self.world_size)
+        padded = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], size - n, axis=0)]), stacked)
+        weights = np.concatenate([np.full(n, 1.0 / n), np.zeros(size - n)]).astype(self._dtype())
+        _, params, rest = nnx.split(self.maml.model, nnx.Param, ...)
+        return (self._place(params, self._replicated), self._place(rest, self._replicated),
+                self._place(padded, self._by_task), self._place(weights, self._by_task))
+
     def _weighted_loss(self, params: Params, rest: nnx.State, tasks: tuple, weights: jax.Array) -> jax.Array:
         """Pure: ``sum_i weights[i] * task_query_loss(task i)``; the weights are ``1/n`` or 0 (padding)."""
         losses = jax.vmap(self.maml.task_query_loss, in_axes=(None, None, 0))(params, rest, tasks)
