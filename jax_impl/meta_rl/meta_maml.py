@@ -66,7 +66,8 @@ class MetaMAML:
         self.optimizer = optax.adam(outer_lr, b1=0.9, b2=0.999, eps=1e-8)
         self.opt_state = self.optimizer.init(params)
         self._adapt = jax.jit(self.inner_loop)
-        self._meta_gradient = jax.jit(jax.value_and_grad(self.meta_loss))
+        self._value_and_grad = jax.jit(jax.value_and_grad(self.meta_loss))
+        self._apply = jax.jit(self._checked_apply)
         self._meta_step = jax.jit(self._checked_meta_step)
 
     @property
@@ -101,29 +102,66 @@ class MetaMAML:
         own, rest = self._split.get()
         return self._adapt(own if params is None else params, rest, data, labels)
 
+    def value_and_meta_gradient(self, tasks: Sequence[tuple]) -> tuple[jax.Array, Params]:
+        """``(loss, grads)``: the mean post-adaptation query loss (0-d array) and its meta-gradient.
+
+        Nothing is changed; :meth:`apply_meta_gradient` takes ``grads`` (e.g. after averaging them
+        over workers) and does the outer step.
+        """
+        params, rest = self._split.get()
+        return self._value_and_grad(params, rest, self._stack(tasks))
+
     def meta_gradient(self, tasks: Sequence[tuple]) -> Params:
         """The meta-gradient (mean over tasks of the post-adaptation query loss), without stepping."""
-        return self._meta_gradient(*self._split.get(), self._stack(tasks))[1]
+        return self.value_and_meta_gradient(tasks)[1]
+
+    def apply_meta_gradient(self, grads: Params) -> None:
+        """One outer Adam step with ``grads`` (an ``nnx.State`` shaped like the parameters).
+
+        Refuses non-finite gradients and a step whose resulting parameters are not finite: then
+        ``ValueError`` is raised and the parameters and ``opt_state`` stay as they were.
+        """
+        params, _ = self._split.get()
+        grads = self._check_grads(grads, params)
+        new_params, opt_state, flags = self._apply(params, self.opt_state, grads)
+        self._commit(new_params, opt_state, np.asarray(flags), "apply_meta_gradient")
 
     def meta_update(self, tasks: Sequence[tuple]) -> float:
         """One outer Adam step; returns the mean query loss after adaptation.
 
-        A non-finite loss or meta-gradient raises ``ValueError`` and leaves the model unchanged.
+        In effect ``apply_meta_gradient(value_and_meta_gradient(tasks)[1])``, run as one compiled
+        call. A non-finite loss or meta-gradient, or a step that would make the parameters
+        non-finite, raises ``ValueError`` and leaves the parameters and ``opt_state`` unchanged.
         """
         batch = self._stack(tasks)
         params, rest = self._split.get()
-        params, opt_state, loss, finite = self._meta_step(params, self.opt_state, rest, batch)
-        if not bool(finite):
-            raise ValueError("meta_update: the query loss or meta-gradient is NaN/Inf; the model was not changed")
+        new_params, opt_state, loss, flags = self._meta_step(params, self.opt_state, rest, batch)
+        loss, flags = jax.device_get((loss, flags))
+        if not np.isfinite(loss):
+            raise ValueError("meta_update: the query loss is NaN/Inf; the model was not changed")
+        self._commit(new_params, opt_state, flags, "meta_update")
+        return float(loss)
+
+    def _commit(self, params: Params, opt_state: optax.OptState, flags: np.ndarray, where: str) -> None:
+        """Write ``params`` and ``opt_state`` if ``flags`` = (gradients finite, result finite), else raise."""
+        grads_finite, result_finite = (bool(f) for f in flags)
+        if not grads_finite:
+            raise ValueError(f"{where}: the meta-gradient contains NaN/Inf; the model was not changed")
+        if not result_finite:
+            raise ValueError(
+                f"{where}: the Adam step would make the parameters NaN/Inf (outer_lr={self.outer_lr} too large?); "
+                "the model was not changed"
+            )
         self._split.commit(params)
         self.opt_state = opt_state
-        return float(loss)
 
     # ------------------------------------------------------ pure functions (jit-able, reusable)
     def _loss(self, params: Params, rest: nnx.State, data: Any, labels: Any) -> jax.Array:
         args = data if isinstance(data, tuple) else (data,)
         try:
-            outputs = nnx.merge(self.graphdef, params, rest)(*args)
+            # copy=True: fresh variables at this trace level, so a forward that updates non-Param state
+            # (BatchNorm statistics in train mode) updates the copies, which are then dropped
+            outputs = nnx.merge(self.graphdef, params, rest, copy=True)(*args)
         except TypeError as err:
             shapes = [tuple(a.shape) for a in args]
             raise ValueError(f"model forward failed on input of shape(s) {shapes}: {err}") from err
@@ -141,13 +179,14 @@ class MetaMAML:
             params = jax.tree.map(lambda p, g: p - self.inner_lr * g, params, grads)
         return params
 
-    def _task_query_loss(self, params: Params, rest: nnx.State, task: tuple) -> jax.Array:
+    def task_query_loss(self, params: Params, rest: nnx.State, task: tuple) -> jax.Array:
+        """Pure: the query loss of one ``(support_x, support_y, query_x, query_y)`` task after adaptation."""
         support_x, support_y, query_x, query_y = task
         return self._loss(self.inner_loop(params, rest, support_x, support_y), rest, query_x, query_y)
 
     def meta_loss(self, params: Params, rest: nnx.State, tasks: tuple) -> jax.Array:
         """Pure: the mean post-adaptation query loss over a stacked task batch."""
-        losses = jax.vmap(self._task_query_loss, in_axes=(None, None, 0))(params, rest, tasks)
+        losses = jax.vmap(self.task_query_loss, in_axes=(None, None, 0))(params, rest, tasks)
         return jnp.mean(losses)
 
     def meta_step(
@@ -155,16 +194,40 @@ class MetaMAML:
     ) -> tuple[Params, optax.OptState, jax.Array, Params]:
         """Pure: meta-gradient and one optax step; returns (params, opt_state, loss, grads)."""
         loss, grads = jax.value_and_grad(self.meta_loss)(params, rest, tasks)
+        params, opt_state = self.adam_step(params, opt_state, grads)
+        return params, opt_state, loss, grads
+
+    def adam_step(self, params: Params, opt_state: optax.OptState, grads: Params) -> tuple[Params, optax.OptState]:
+        """Pure: one ``optax.adam`` step."""
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, grads
+        return optax.apply_updates(params, updates), opt_state
+
+    def _checked_apply(self, params: Params, opt_state: optax.OptState, grads: Params) -> tuple:
+        """``adam_step`` plus flags: (every gradient entry finite, every resulting parameter finite)."""
+        new_params, opt_state = self.adam_step(params, opt_state, grads)
+        return new_params, opt_state, jnp.stack([_all_finite(grads), _all_finite(new_params)])
 
     def _checked_meta_step(self, params: Params, opt_state: optax.OptState, rest: nnx.State, tasks: tuple) -> tuple:
-        """``meta_step`` plus one flag: are the loss and every meta-gradient entry finite?"""
+        """``meta_step`` plus the flags of ``_checked_apply``."""
         params, opt_state, loss, grads = self.meta_step(params, opt_state, rest, tasks)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
-        return params, opt_state, loss, finite
+        return params, opt_state, loss, jnp.stack([_all_finite(grads), _all_finite(params)])
 
     # ------------------------------------------------------------ checks
+    def _check_grads(self, grads: Any, params: Params) -> Params:
+        """``grads`` must be a tree of arrays with the parameters' structure, shapes and dtypes."""
+        if jax.tree.structure(grads) != jax.tree.structure(params):
+            raise ValueError(
+                "grads must be an nnx.State with the structure of the model's parameters (as returned by "
+                f"meta_gradient), got {type(grads).__name__} with structure {jax.tree.structure(grads)}"
+            )
+        for (path, g), p in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(params), strict=True):
+            name = jax.tree_util.keystr(path)
+            if not isinstance(g, (jax.Array, np.ndarray)):
+                raise TypeError(f"grads{name} must be a jax or numpy array, got {_type_name(g)}")
+            if g.shape != p.shape or g.dtype != p.dtype:
+                raise ValueError(f"grads{name} must have shape {p.shape} and dtype {p.dtype}, got {g.shape} {g.dtype}")
+        return grads
+
     def _rest(self) -> nnx.State:
         return self._split.get()[1]
 
@@ -175,7 +238,7 @@ class MetaMAML:
         if isinstance(value, (tuple, list)):
             return tuple(self._as_array(f"{name}[{i}]", item) for i, item in enumerate(value))
         if not isinstance(value, (jax.Array, np.ndarray)):
-            raise TypeError(f"{name} must be a jax or numpy array (or a tuple of them), got {type(value).__name__}")
+            raise TypeError(f"{name}: expected a jax or numpy array (or a tuple of them), got {_type_name(value)}")
         if jnp.issubdtype(value.dtype, jnp.floating):
             if value.dtype != self.dtype:
                 raise TypeError(f"{name} must have dtype {self.dtype} (the model's), got {value.dtype}")
@@ -201,6 +264,17 @@ class MetaMAML:
         if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(checked)):
             return jax.device_put(jax.tree.map(lambda *leaves: np.stack(leaves), *checked))
         return jax.tree.map(lambda *leaves: jnp.stack(leaves), *checked)
+
+
+def _type_name(value: Any) -> str:
+    """``torch.Tensor`` rather than ``Tensor``: the module-qualified name of a non-builtin type."""
+    kind = type(value)
+    root = kind.__module__.split(".")[0]
+    return kind.__qualname__ if root == "builtins" else f"{root}.{kind.__qualname__}"
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
 def _to_jax(tree: Any) -> Any:
