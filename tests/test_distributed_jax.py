@@ -122,10 +122,13 @@ def test_on_4_devices_bad_input() -> None:
         make_mesh(5)
     with pytest.raises(ValueError, match="'tasks' axis"):
         DistributedMetaMAML(mlp_maml(), jax.sharding.Mesh(np.array(jax.devices()), ("data",)))
-    before = params_of(sharded.maml)
     bad = [tuple(np.full_like(a, np.nan) if i == 1 else a for i, a in enumerate(tasks[0]))]
-    with pytest.raises(ValueError, match="not changed"):
+    with pytest.raises(ValueError, match="task 0 support_y contains NaN"):
         sharded.meta_update(bad)
+    before = params_of(sharded.maml)
+    _, grads = sharded.value_and_meta_gradient(tasks)
+    with pytest.raises(ValueError, match="not changed"):
+        sharded.apply_meta_gradient(jax.tree.map(lambda g: g * np.inf, grads))
     assert compare_trees(params_of(sharded.maml), before).max_abs == 0.0
 
 

@@ -186,9 +186,13 @@ class DistributedMetaMAML:
 def _host_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     if not isinstance(value, (jax.Array, np.ndarray)):
         raise TypeError(f"{name} must be a jax or numpy array (or a tuple of them), got {type(value).__name__}")
-    if jnp.issubdtype(value.dtype, jnp.floating) and value.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (the model's), got {value.dtype}")
-    return np.asarray(value)
+    host = np.asarray(value)
+    if jnp.issubdtype(value.dtype, jnp.floating):
+        if value.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {dtype} (the model's), got {value.dtype}")
+        if not np.isfinite(host).all():
+            raise ValueError(f"{name} contains NaN or Inf; expected finite values")
+    return host
 
 
 def _local_copy(value: jax.Array) -> jax.Array:
