@@ -80,6 +80,7 @@ class Ranks:
     rank: int
     world_size: int
     workers: Any
+    patient: Any = None  # a gloo group with a long timeout: the other ranks wait there while rank 0 evaluates
 
     @property
     def writes(self) -> bool:
@@ -90,10 +91,10 @@ class Ranks:
         return lambda: sharded_meta_iteration(learner, self.workers, meta_env, n_tasks, episodes)
 
     def finish(self) -> None:
+        """Every rank calls this once per run: the others after training, rank 0 after its evaluation."""
         import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        dist.barrier(group=self.patient)
 
 
 def join(backend: str, learner: Any) -> Ranks | None:
@@ -103,8 +104,13 @@ def join(backend: str, learner: Any) -> Ranks | None:
     if backend != "torch":
         raise ValueError("torchrun runs the torch backend (--backend torch); the JAX backend scales over the "
                          "devices of a jax.sharding.Mesh (jax_impl.meta_rl.distributed), see README 'Scaling out'")
+    import datetime
+
+    import torch.distributed as dist
+
     from torch_impl.meta_rl.distributed import DistributedMetaMAML, init_distributed
 
     rank, world = init_distributed(timeout_s=float(os.environ.get(TIMEOUT_ENV, "120")))
     check_every = int(os.environ.get(SYNC_CHECK_ENV, "0"))
-    return Ranks(rank, world, DistributedMetaMAML(learner.maml, check_every=check_every))
+    patient = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=24))
+    return Ranks(rank, world, DistributedMetaMAML(learner.maml, check_every=check_every), patient)

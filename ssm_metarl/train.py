@@ -173,10 +173,9 @@ def train(config: TrainConfig, output: Path) -> dict[str, Any]:
         result = step()
         metrics.append({"iteration": iteration, **result, "seconds": time.perf_counter() - start})
         progress.set_postfix(pre=f"{result['pre_return']:.1f}", post=f"{result['post_return']:.1f}")
-    if ranks is not None:
+    if ranks is not None and not ranks.writes:  # only rank 0 writes outputs and evaluates
         ranks.finish()
-        if not ranks.writes:  # only rank 0 writes outputs and evaluates
-            return {}
+        return {}
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
     save_checkpoint(output / "checkpoint.safetensors", learner, config)
     report = run_evaluation(learner, config, distribution)
@@ -185,6 +184,8 @@ def train(config: TrainConfig, output: Path) -> dict[str, Any]:
     (output / "evaluation.json").write_text(json.dumps(report, indent=2))
     plot(metrics, report, output)
     print_report(report, distribution, output)
+    if ranks is not None:
+        ranks.finish()
     return report
 
 
