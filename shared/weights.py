@@ -26,6 +26,9 @@ def save_weights(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray]
     os.close(fd)
     try:
         save_file(arrays, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -39,6 +42,8 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], d
     truncated, corrupt or foreign file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory; expected a .safetensors weight file")
     if not path.is_file():
         raise FileNotFoundError(f"weight file {str(path)!r} does not exist")
     try:
@@ -57,3 +62,27 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], d
     except (KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"{str(path)!r} has no valid JSON 'config' in its metadata") from err
     return tensors, config
+
+
+def check_weights(tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple[tuple[int, ...], str]],
+                  source: str = "checkpoint") -> None:
+    """Check loaded ``tensors`` against the expected canonical layout ``name -> (shape, dtype name)``.
+
+    Raises one ``ValueError`` naming every missing or unexpected key, wrong shape, wrong dtype and
+    non-finite tensor, so that both backends refuse a bad file with the same message before any
+    computation (a NaN weight would otherwise surface as a LAPACK "SVD did not converge").
+    """
+    from shared.layout import check_layout
+
+    try:
+        check_layout(tensors, {name: shape for name, (shape, _) in expected.items()})
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    wrong = [f"{name}: expected {dtype}, got {np.asarray(tensors[name]).dtype}"
+             for name, (_, dtype) in sorted(expected.items()) if np.asarray(tensors[name]).dtype != np.dtype(dtype)]
+    if wrong:
+        raise ValueError(f"{source}: wrong dtypes [" + "; ".join(wrong) + "]")
+    bad = [f"{name} ({int((~np.isfinite(tensors[name])).sum())} of {np.size(tensors[name])} values)"
+           for name in sorted(expected) if not np.isfinite(tensors[name]).all()]
+    if bad:
+        raise ValueError(f"{source}: non-finite (NaN or Inf) weights in " + ", ".join(bad))

@@ -1,74 +1,263 @@
-"""The ``ssm-metarl`` command line."""
+"""The ssm-metarl command line: meta-train and evaluate SSM policies, check PyTorch-vs-JAX parity, benchmark."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import textwrap
 from pathlib import Path
+
+EPILOG = """\
+examples (one per command):
+  ssm-metarl train --backend jax --task nav2d --seeds 0 1 2 --output runs/nav2d
+  ssm-metarl evaluate runs/nav2d/seed_0/checkpoint.safetensors --backend torch
+  ssm-metarl parity --dtype float64 --output runs/parity.json
+  ssm-metarl bench
+  ssm-metarl demo --backend jax --iterations 200
+
+'ssm-metarl COMMAND --help' shows a command's options and their defaults.
+"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, except where the help text already says it (defaults computed later)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or isinstance(action.default, bool):
+            return text
+        return super()._get_help_string(action)
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssm-metarl", description=__doc__.strip().splitlines()[0].rstrip("."))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
 
-    demo = sub.add_parser("demo", help="meta-train the SSM on sinusoid regression and show the adaptation gain")
-    demo.add_argument("--backend", choices=["torch", "jax"], default="torch")
-    demo.add_argument("--iterations", type=non_negative_int, default=500, help="outer (meta) steps (default: 500)")
-    demo.add_argument("--meta-batch", type=positive_int, default=8, help="tasks per outer step (default: 8)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--output", type=Path, default=None, help="directory for demo.json (default: none)")
 
-    train = sub.add_parser("train", help="meta-train an SSM policy with MAML-RL, then evaluate on held-out tasks")
-    train.add_argument("--backend", choices=["torch", "jax"], default="torch")
-    train.add_argument("--task", choices=["nav2d", "bandit", "cartpole", "pendulum"], default="nav2d")
-    train.add_argument("--iterations", type=non_negative_int, default=150, help="meta-iterations (default: 150)")
-    train.add_argument("--meta-batch", type=positive_int, default=20, help="tasks per meta-iteration (default: 20)")
-    train.add_argument("--episodes", type=positive_int, default=20, help="episodes per task and phase (default: 20)")
-    train.add_argument("--inner-lr", type=float, default=0.1)
-    train.add_argument("--outer-lr", type=float, default=3e-3)
-    train.add_argument("--init-log-std", type=float, default=0.0, help="Gaussian policies' initial log std")
-    train.add_argument("--r-min", type=float, default=None,
-                       help="SSM decays start in [r-min, r-max] (default: the task's; short for Markov tasks)")
-    train.add_argument("--r-max", type=float, default=None)
-    train.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (default: 0)")
-    train.add_argument("--eval-tasks", type=positive_int, default=40, help="held-out tasks (default: 40)")
-    train.add_argument("--no-native", action="store_true", help="JAX: use the numpy environments, not jit rollouts")
-    train.add_argument("--output", type=Path, default=Path("runs/train"), help="output directory (default: runs/train)")
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
-    evaluate = sub.add_parser("evaluate", help="re-run the held-out evaluation of a train checkpoint")
-    evaluate.add_argument("checkpoint", type=Path)
-    evaluate.add_argument("--backend", choices=["torch", "jax"], default=None, help="default: the checkpoint's")
-    evaluate.add_argument("--output", type=Path, default=None, help="default: the checkpoint's directory")
 
-    bench = sub.add_parser("bench", help="the PyTorch-vs-JAX benchmark suite (see benchmarks/compare.py)",
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="meta-train the SSM on sinusoid regression and show the adaptation gain",
+                          description=textwrap.fill(
+                              "Meta-train the SSM with MetaMAML on sinusoid sequence regression and print the "
+                              "held-out query MSE before and after one adaptation step.", 100),
+                          formatter_class=HelpFormatter)
+    demo.add_argument("--backend", choices=["torch", "jax"], default="torch", help="framework to run in")
+    demo.add_argument("--iterations", type=non_negative_int, default=500, help="outer (meta) steps")
+    demo.add_argument("--meta-batch", type=positive_int, default=8, help="tasks per outer step")
+    demo.add_argument("--seed", type=non_negative_int, default=0, help="seed of the weights and task sampler")
+    demo.add_argument("--output", type=Path, default=None, help="directory for demo.json (default: none written)")
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    from ssm_metarl.train import DECAY_RING, TrainConfig
+
+    d = TrainConfig()
+    train = sub.add_parser(
+        "train", help="meta-train an SSM policy with MAML-RL, then evaluate it on held-out tasks",
+        formatter_class=HelpFormatter,
+        description=textwrap.fill(
+            "Meta-train an SSM policy with second-order MAML-RL, then evaluate it on a fixed held-out set of "
+            "tasks. Every field can also come from a TOML file (--config; the flags given on the command line "
+            "override it). The run is written to .OUTPUT.partial and renamed to OUTPUT when complete; Ctrl-C "
+            "saves a resumable checkpoint there.", 100),
+        epilog="examples:\n  ssm-metarl train --backend jax --task bandit --iterations 300\n"
+               "  ssm-metarl train --config runs/train/config.toml --output runs/again   # repeat a run\n"
+               "  ssm-metarl train --resume runs/train                                # after Ctrl-C")
+    # Config fields default to SUPPRESS, so only the flags actually given override a --config file.
+    field = {"default": argparse.SUPPRESS}
+    train.add_argument("--config", type=Path, default=None,
+                       help="TOML file with any of the fields below (underscores: meta_batch = 20, seeds = [0, 1]); "
+                            "default: none")
+    train.add_argument("--backend", choices=["torch", "jax"], **field, help=f"framework (default: {d.backend})")
+    train.add_argument("--task", choices=sorted(DECAY_RING), **field, help=f"task family (default: {d.task})")
+    train.add_argument("--iterations", type=non_negative_int, **field,
+                       help=f"meta-iterations, one outer Adam step each (default: {d.iterations})")
+    train.add_argument("--meta-batch", type=positive_int, **field,
+                       help=f"tasks per meta-iteration (default: {d.meta_batch})")
+    train.add_argument("--episodes", type=positive_int, **field,
+                       help=f"episodes per task for each rollout (default: {d.episodes})")
+    train.add_argument("--state-dim", type=positive_int, **field, help=f"SSM state size (default: {d.state_dim})")
+    train.add_argument("--hidden-dim", type=positive_int, **field,
+                       help=f"width of the SSM's output MLP (default: {d.hidden_dim})")
+    train.add_argument("--inner-lr", type=positive_float, **field,
+                       help=f"inner (adaptation) SGD step size (default: {d.inner_lr})")
+    train.add_argument("--outer-lr", type=positive_float, **field,
+                       help=f"outer Adam learning rate (default: {d.outer_lr})")
+    train.add_argument("--init-log-std", type=finite_float, **field,
+                       help=f"Gaussian policies' initial log standard deviation (default: {d.init_log_std})")
+    train.add_argument("--r-min", type=finite_float, **field,
+                       help="SSM decays start uniform in [r-min, r-max] (default: the task's; nav2d, cartpole, "
+                            "pendulum 0.01, bandit 0.9)")
+    train.add_argument("--r-max", type=finite_float, **field,
+                       help="upper end of the decay ring (default: the task's; 0.5 for the Markov tasks, "
+                            "0.999 for bandit)")
+    train.add_argument("--seeds", type=non_negative_int, nargs="+", **field,
+                       help="one run per seed, each in OUTPUT/seed_<k> when there are several (default: 0)")
+    train.add_argument("--eval-tasks", type=positive_int, **field, help=f"held-out tasks (default: {d.eval_tasks})")
+    train.add_argument("--eval-episodes", type=positive_int, **field,
+                       help=f"episodes per held-out task (default: {d.eval_episodes})")
+    train.add_argument("--no-native", dest="native", action="store_false", **field,
+                       help="JAX: use the numpy environments, not the jit-compiled rollouts (default: native)")
+    train.add_argument("--output", type=Path, default=Path("runs/train"), help="run directory")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace a non-empty --output (once the new run is complete) and discard an "
+                            "interrupted run waiting there (default: refuse)")
+    train.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                       help="continue the interrupted run whose --output was DIR, with its saved config "
+                            "(default: start a new run)")
+    train.add_argument("--checkpoint-every", type=positive_int, default=10,
+                       help="save a resumable checkpoint every N meta-iterations")
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    evaluate = sub.add_parser(
+        "evaluate", help="re-run the held-out evaluation of a train checkpoint, in either backend",
+        formatter_class=HelpFormatter,
+        description=textwrap.fill(
+            "Re-run the held-out evaluation of a train checkpoint. Writes evaluation_<backend>.json and "
+            "adaptation_<backend>.png; the training run's own files are never overwritten.", 100))
+    evaluate.add_argument("checkpoint", type=Path, help="a checkpoint.safetensors written by 'ssm-metarl train'")
+    evaluate.add_argument("--backend", choices=["torch", "jax"], default=None,
+                          help="framework to evaluate in (default: the checkpoint's)")
+    evaluate.add_argument("--output", type=Path, default=None,
+                          help="directory for the results (default: the checkpoint's directory)")
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="the PyTorch-vs-JAX benchmark suite (see 'ssm-metarl bench --help')",
                            add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to benchmarks/compare.py")
 
-    parity = sub.add_parser("parity", help="run the PyTorch-vs-JAX parity matrix; exit 1 if a row fails")
-    parity.add_argument("--dtype", choices=["float64", "float32", "both"], default="both")
-    parity.add_argument("--state-dim", type=int, default=8)
-    parity.add_argument("--input-dim", type=int, default=3)
-    parity.add_argument("--output-dim", type=int, default=2)
-    parity.add_argument("--hidden-dim", type=int, default=16)
-    parity.add_argument("--batch", type=int, default=4)
-    parity.add_argument("--seq-len", type=int, default=33)
-    parity.add_argument("--seed", type=int, default=0)
-    parity.add_argument("--output", type=Path, default=Path("parity_report.json"), help="JSON report path")
+
+def add_parity(sub: argparse._SubParsersAction) -> None:
+    parity = sub.add_parser(
+        "parity", help="run the PyTorch-vs-JAX parity matrix as a table; exit 1 if a row fails",
+        formatter_class=HelpFormatter,
+        description=textwrap.fill("Run the parity matrix: the same weights and inputs through both backends, every "
+                                  "quantity of the contract compared (max abs, normwise rel, tolerance).", 100))
+    parity.add_argument("--dtype", choices=["float64", "float32", "both"], default="both",
+                        help="precision(s) to check; float32 lists float64-only rows as n/a")
+    parity.add_argument("--state-dim", type=positive_int, default=8, help="SSM state size")
+    parity.add_argument("--input-dim", type=positive_int, default=3, help="SSM input size")
+    parity.add_argument("--output-dim", type=positive_int, default=2, help="SSM output size")
+    parity.add_argument("--hidden-dim", type=positive_int, default=16, help="width of the SSM's output MLP")
+    parity.add_argument("--batch", type=positive_int, default=4, help="sequences per batch")
+    parity.add_argument("--seq-len", type=positive_int, default=33, help="time steps per sequence")
+    parity.add_argument("--seed", type=non_negative_int, default=0, help="seed of the weights and inputs")
+    parity.add_argument("--output", type=Path, default=Path("runs/parity_report.json"), help="JSON report path")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssm-metarl", description=__doc__.strip(), epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for add in (add_train, add_evaluate, add_parity, add_bench, add_demo):
+        add(sub)
     return parser
+
+
+CONFIG_FLAGS = ("backend", "task", "iterations", "meta_batch", "episodes", "state_dim", "hidden_dim", "inner_lr",
+                "outer_lr", "init_log_std", "r_min", "r_max", "seeds", "eval_tasks", "eval_episodes", "native")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ssm_metarl import train
+    from ssm_metarl.config_file import read_toml
+    from ssm_metarl.rundir import output_of_staging
+
+    flags = {name: getattr(args, name) for name in CONFIG_FLAGS if hasattr(args, name)}
+    output = args.output
+    if args.resume is not None:
+        if flags or args.config is not None:
+            given = ["--" + name.replace("_", "-") for name in flags] + (["--config"] if args.config else [])
+            raise ValueError(f"--resume continues a run with its saved configuration; drop {', '.join(given)}")
+        output = output_of_staging(args.resume)
+        configs: list = []
+    else:
+        file_values = read_toml(args.config) if args.config is not None else {}
+        configs = train.resolve_configs(file_values, flags, str(args.config))
+    try:
+        train.run(configs, output, overwrite=args.overwrite, resume=args.resume is not None,
+                  checkpoint_every=args.checkpoint_every)
+    except KeyboardInterrupt as interrupt:
+        where = f" ({interrupt})" if isinstance(interrupt, train.TrainingInterrupted) else ""
+        print(f"\nssm-metarl train: interrupted{where}.\n{output} is unchanged. Continue with: "
+              f"ssm-metarl train --resume {output}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run_parity(args: argparse.Namespace) -> int:
+    from ssm_metarl.rundir import check_writable_file
+
+    check_writable_file(args.output, "--output")
+    from parity_tests.models import set_high_precision
+
+    set_high_precision()
+    from parity_tests.matrix import Sizes
+    from ssm_metarl import parity
+
+    sizes = Sizes(args.state_dim, args.input_dim, args.output_dim, args.hidden_dim, args.batch, args.seq_len,
+                  seed=args.seed)
+    dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
+    return parity.run(dtypes, sizes, args.output)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from ssm_metarl import demo
+
+        if args.output is not None:
+            from ssm_metarl.rundir import check_writable_dir
+
+            check_writable_dir(args.output, "--output")
+        config = demo.DemoConfig(backend=args.backend, iterations=args.iterations, meta_batch=args.meta_batch,
+                                 seed=args.seed)
+        demo.run(config, args.output)
+        return 0
+    if args.command == "train":
+        return run_train(args)
+    if args.command == "evaluate":
+        from ssm_metarl import train
+
+        train.evaluate_checkpoint(args.checkpoint, args.backend, args.output)
+        return 0
+    if args.command == "parity":
+        return run_parity(args)
+    raise AssertionError(f"unhandled command {args.command}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,47 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         return compare.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            from ssm_metarl import demo
-
-            config = demo.DemoConfig(backend=args.backend, iterations=args.iterations, meta_batch=args.meta_batch,
-                                     seed=args.seed)
-            demo.run(config, args.output)
-            return 0
-        if args.command == "train":
-            from ssm_metarl import train
-
-            for seed in args.seeds:
-                config = train.TrainConfig(
-                    backend=args.backend, task=args.task, iterations=args.iterations, meta_batch=args.meta_batch,
-                    episodes=args.episodes, inner_lr=args.inner_lr, outer_lr=args.outer_lr, seed=seed,
-                    init_log_std=args.init_log_std, r_min=args.r_min, r_max=args.r_max,
-                    eval_tasks=args.eval_tasks, native=not args.no_native,
-                )
-                train.train(config, args.output / f"seed_{seed}" if len(args.seeds) > 1 else args.output)
-            if len(args.seeds) > 1:
-                train.summarize_seeds(args.output, args.seeds)
-            return 0
-        if args.command == "evaluate":
-            from ssm_metarl import train
-
-            train.evaluate_checkpoint(args.checkpoint, args.backend, args.output)
-            return 0
-        if args.command == "parity":
-            from parity_tests.models import set_high_precision
-
-            set_high_precision()
-            from parity_tests.matrix import Sizes
-            from ssm_metarl import parity
-
-            sizes = Sizes(args.state_dim, args.input_dim, args.output_dim, args.hidden_dim, args.batch,
-                          args.seq_len, seed=args.seed)
-            dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
-            return parity.run(dtypes, sizes, args.output)
+        return run_command(args)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"ssm-metarl {args.command}: error: {err}", file=sys.stderr)
         return 2
-    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":

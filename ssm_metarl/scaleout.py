@@ -6,8 +6,10 @@ worker ``r`` takes its slice (``shared.scaleout.task_slice``), collects its epis
 and the meta-gradients are combined by the backend's ``DistributedMetaMAML`` (weighted by task
 count). A run on N workers therefore gives the same numbers as the same run on 1 worker, to rounding.
 
-:func:`join` is the hook ``ssm_metarl.train`` calls: under ``torchrun`` (``WORLD_SIZE`` set) it joins
-the process group and returns the :class:`Ranks` that drive the loop; otherwise ``None``.
+:func:`connect` is the hook ``ssm_metarl.train`` calls: under ``torchrun`` (``WORLD_SIZE`` set) it joins
+the process group and returns the :class:`Ranks` that drive the loop; otherwise ``None``. Only rank 0
+writes; the other ranks read the run directory (a resume checkpoint) after rank 0 has prepared it, so
+multi-host runs need the output directory on a shared file system.
 """
 
 from __future__ import annotations
@@ -75,42 +77,46 @@ def sharded_meta_iteration(learner: Any, workers: Any, meta_env: MetaEnvironment
 
 @dataclasses.dataclass
 class Ranks:
-    """This process's place in a torchrun job and the distributed learner it drives."""
+    """This process's place in a torchrun job: rank, world size, and a patient group to wait in."""
 
     rank: int
     world_size: int
-    workers: Any
     patient: Any = None  # a gloo group with a long timeout: the other ranks wait there while rank 0 evaluates
 
     @property
     def writes(self) -> bool:
-        """Only rank 0 writes outputs (metrics, checkpoint, evaluation, plots)."""
+        """Only rank 0 writes outputs (run directory, checkpoints, metrics, evaluation, plots)."""
         return self.rank == 0
 
     def iteration_fn(self, learner: Any, meta_env: MetaEnvironment, n_tasks: int, episodes: int) -> Any:
-        return lambda: sharded_meta_iteration(learner, self.workers, meta_env, n_tasks, episodes)
+        """One sharded meta-iteration per call, with ``learner.maml`` wrapped (rank 0's weights broadcast)."""
+        from torch_impl.meta_rl.distributed import DistributedMetaMAML
 
-    def finish(self) -> None:
-        """Every rank calls this once per run: the others after training, rank 0 after its evaluation."""
+        workers = DistributedMetaMAML(learner.maml, check_every=int(os.environ.get(SYNC_CHECK_ENV, "0")))
+        return lambda: sharded_meta_iteration(learner, workers, meta_env, n_tasks, episodes)
+
+    def wait(self) -> None:
+        """All ranks meet here (no collective timeout: rank 0 may be evaluating for a long time)."""
         import torch.distributed as dist
 
         dist.barrier(group=self.patient)
 
 
-def join(backend: str, learner: Any) -> Ranks | None:
-    """Under torchrun: join the process group and wrap ``learner.maml``; otherwise ``None``."""
+def connect() -> Ranks | None:
+    """Under torchrun (``WORLD_SIZE`` set): join the process group; otherwise ``None``."""
     if "WORLD_SIZE" not in os.environ:
         return None
-    if backend != "torch":
-        raise ValueError("torchrun runs the torch backend (--backend torch); the JAX backend scales over the "
-                         "devices of a jax.sharding.Mesh (jax_impl.meta_rl.distributed), see README 'Scaling out'")
     import datetime
 
     import torch.distributed as dist
 
-    from torch_impl.meta_rl.distributed import DistributedMetaMAML, init_distributed
+    from torch_impl.meta_rl.distributed import init_distributed
 
     rank, world = init_distributed(timeout_s=float(os.environ.get(TIMEOUT_ENV, "120")))
-    check_every = int(os.environ.get(SYNC_CHECK_ENV, "0"))
-    patient = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=24))
-    return Ranks(rank, world, DistributedMetaMAML(learner.maml, check_every=check_every), patient)
+    return Ranks(rank, world, dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=24)))
+
+
+def check_backend(ranks: Ranks | None, backends: list[str]) -> None:
+    if ranks is not None and any(b != "torch" for b in backends):
+        raise ValueError("torchrun runs the torch backend (--backend torch); the JAX backend scales over the "
+                         "devices of a jax.sharding.Mesh (jax_impl.meta_rl.distributed), see README 'Scaling out'")

@@ -1,14 +1,23 @@
 """``ssm-metarl train`` and ``ssm-metarl evaluate``: MAML-RL with an SSM policy, end to end.
 
-Writes ``metrics.json`` (per iteration), ``evaluation.json`` (held-out returns after 0..3 inner
-steps and after test-time adaptation with the Adapter), ``checkpoint.safetensors`` and PNG plots.
+A run directory holds ``config.toml`` (the resolved configuration), ``metrics.json`` and
+``metrics.csv`` (per iteration), ``evaluation.json`` (held-out returns after 0..3 inner steps and
+after test-time adaptation with the Adapter), ``checkpoint.safetensors`` and two PNG plots.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
 import json
+import math
+import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +25,15 @@ import numpy as np
 from tqdm import tqdm
 
 from shared.adaptation import AdaptationConfig
-from shared.config import from_dict
+from shared.config import from_dict, require_positive_int
 from shared.env_runner import MetaEnvironment, get_distribution
 from shared.env_runner.tasks import TaskDistribution
-from shared.weights import load_weights, save_weights
-from ssm_metarl import scaleout
+from shared.weights import check_weights, load_weights, save_weights
+from ssm_metarl import checkpoint, plots, rundir, scaleout
+from ssm_metarl.compile_time import BAR_FORMAT, jax_compile_seconds
+from ssm_metarl.config_file import check_keys, dumps_toml, read_toml
 from ssm_metarl.rl_loop import batches, evaluate, meta_iteration, rollout
+from ssm_metarl.runinfo import RETURN_MEANING, run_info
 
 NATIVE_TASKS = ("nav2d", "bandit")
 # Markov tasks want a short memory (the current observation matters); bandits need a long one.
@@ -50,16 +62,73 @@ class TrainConfig:
     native: bool = True  # JAX only: the jit-compiled rollouts where the task family has them
 
     def __post_init__(self) -> None:
+        if self.backend not in ("torch", "jax"):
+            raise ValueError(f"backend must be 'torch' or 'jax', got {self.backend!r}")
+        if not isinstance(self.task, str):
+            raise ValueError(f"task must be one of {sorted(DECAY_RING)}, got {self.task!r}")
+        get_distribution(self.task)
         default_min, default_max = DECAY_RING.get(self.task, (0.9, 0.999))
         object.__setattr__(self, "r_min", default_min if self.r_min is None else self.r_min)
         object.__setattr__(self, "r_max", default_max if self.r_max is None else self.r_max)
-        if self.backend not in ("torch", "jax"):
-            raise ValueError(f"backend must be 'torch' or 'jax', got {self.backend!r}")
-        get_distribution(self.task)
-        for name in ("iterations", "meta_batch", "episodes", "state_dim", "hidden_dim", "eval_tasks", "eval_episodes"):
+        for name in ("iterations", "seed", "meta_batch", "episodes", "state_dim", "hidden_dim", "eval_tasks",
+                     "eval_episodes"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "iterations" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            low = 0 if name in ("iterations", "seed") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("inner_lr", "outer_lr", "init_log_std", "r_min", "r_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        for name in ("inner_lr", "outer_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0.0 < self.r_min <= self.r_max < 1.0:
+            raise ValueError(f"the decay ring needs 0 < r_min <= r_max < 1, got r_min={self.r_min}, r_max={self.r_max}")
+        if not isinstance(self.native, bool):
+            raise ValueError(f"native must be true or false, got {self.native!r}")
+
+
+FILE_KEYS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed"] + ["seeds"]
+
+
+def check_seeds(seeds: list[int]) -> None:
+    """Seeds name independent runs: a non-empty list of distinct integers >= 0."""
+    if not isinstance(seeds, list) or not seeds:
+        raise ValueError(f"--seeds (seeds in a config file) must be a non-empty list of integers, got {seeds!r}")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"--seeds (seeds in a config file) must be integers >= 0, got {seed!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"--seeds (seeds in a config file) must be distinct; {repeated} given more than once "
+                         "(a repeated seed repeats the same run and would fake a standard error)")
+
+
+def resolve_configs(file_values: dict[str, Any], flag_values: dict[str, Any],
+                    source: str = "config file") -> list[TrainConfig]:
+    """One :class:`TrainConfig` per seed from a config file's values overridden by the flags given."""
+    check_keys(file_values, FILE_KEYS, source)
+    values = {**file_values, **flag_values}
+    seeds = values.pop("seeds", [0])
+    check_seeds(seeds)
+    return [TrainConfig(**values, seed=seed) for seed in seeds]
+
+
+def read_run_configs(path: Path) -> list[TrainConfig]:
+    return resolve_configs(read_toml(path), {}, str(path))
+
+
+def write_config(path: Path, configs: list[TrainConfig], final: Path) -> None:
+    """The full resolved configuration, in the config-file format (``train --config`` repeats the run).
+
+    ``final`` is where the file will be once the run is complete (named in its header).
+    """
+    values = report_config(configs[0])
+    del values["seed"]
+    values["seeds"] = [c.seed for c in configs]
+    path.write_text(dumps_toml(values, final))
 
 
 def initial_weights(config: TrainConfig, distribution: TaskDistribution) -> dict[str, np.ndarray]:
@@ -153,50 +222,207 @@ def run_evaluation(learner: Any, config: TrainConfig, distribution: TaskDistribu
     return report
 
 
-def train(config: TrainConfig, output: Path) -> dict[str, Any]:
-    """Meta-train, evaluate, and write everything under ``output``."""
+def train(config: TrainConfig, output: Path, *, overwrite: bool = False, resume: bool = False,
+          checkpoint_every: int = 10, on_iteration: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Meta-train, evaluate, and write the run to ``output`` (see :func:`run`); returns the evaluation report."""
+    return run([config], output, overwrite=overwrite, resume=resume, checkpoint_every=checkpoint_every,
+               on_iteration=on_iteration)[0]
+
+
+def run(configs: list[TrainConfig], output: Path, *, overwrite: bool = False, resume: bool = False,
+        checkpoint_every: int = 10, on_iteration: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Train one run per config (one seed each) into ``output``; several seeds go to ``output/seed_<k>``.
+
+    The run is written into the staging directory ``.<output>.partial`` (with a resumable checkpoint
+    every ``checkpoint_every`` iterations and on Ctrl-C) and renamed to ``output`` once complete, so
+    ``output`` never mixes two runs. ``resume=True`` continues an interrupted run from its staging
+    directory with the configuration saved there (``configs`` is then ignored and may be empty).
+    """
+    require_positive_int("checkpoint_every", checkpoint_every)
+    ranks = scaleout.connect()  # under torchrun: tasks sharded over the ranks, only rank 0 writes
+    writes = ranks is None or ranks.writes
+    if writes:
+        staging = rundir.start(output, overwrite=overwrite, resume=resume)
+        if not resume:
+            check_seeds([c.seed for c in configs])
+            write_config(staging / "config.toml", configs, output / "config.toml")
+    if ranks is not None:
+        ranks.wait()
+        staging = rundir.staging_dir(output)
+    if resume:
+        configs = read_run_configs(staging / "config.toml")
+    scaleout.check_backend(ranks, [c.backend for c in configs])
+    many = len(configs) > 1
+    reports = []
+    for config in configs:
+        name = f"seed_{config.seed}"
+        directory, final = (staging / name, output / name) if many else (staging, output)
+        reports.append(_train_one(config, directory, final, many, checkpoint_every, on_iteration, ranks))
+    if not writes:
+        return reports
+    if many:
+        summarize_seeds(staging, [c.seed for c in configs])
+    rundir.finish(staging, output)
+    print(f"run written to {output}")
+    return reports
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a resumable checkpoint was saved after ``iteration`` meta-iterations."""
+
+    def __init__(self, iteration: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted after {iteration} meta-iterations; resumable checkpoint {checkpoint}")
+        self.iteration, self.checkpoint = iteration, checkpoint
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[list[bool]]:
+    """The first Ctrl-C asks the loop to stop after the current iteration (and save); a second stops at once."""
+    stop = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop[0]:
+            raise KeyboardInterrupt
+        stop[0] = True
+        print("\nCtrl-C: stopping after this meta-iteration to save a resumable checkpoint "
+              "(press Ctrl-C again to stop at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train_one(config: TrainConfig, directory: Path, final: Path, many: bool, checkpoint_every: int,
+               on_iteration: Callable[[int], None] | None, ranks: scaleout.Ranks | None = None) -> dict[str, Any]:
+    """One seed's run, written to ``directory`` (which becomes ``final`` when the whole run is complete)."""
+    if (directory / "evaluation.json").is_file():  # finished before an interrupt: keep it
+        return json.loads((directory / "evaluation.json").read_text())
+    writes = ranks is None or ranks.writes
+    if writes:
+        directory.mkdir(parents=True, exist_ok=True)
+        if many:
+            write_config(directory / "config.toml", [config], final / "config.toml")
     distribution = get_distribution(config.task)
-    learner = make_learner(config, distribution, initial_weights(config, distribution))
+    resume_path = directory / checkpoint.RESUME_FILE
+    state = checkpoint.load(resume_path) if resume_path.is_file() else None
+    if state is not None and state.config != dataclasses.asdict(config):
+        raise ValueError(f"{str(resume_path)!r} was written for another configuration: {state.config}")
+    learner = make_learner(config, distribution, state.params if state else initial_weights(config, distribution))
     meta_env = MetaEnvironment(distribution, seed=config.seed)
-    ranks = scaleout.join(config.backend, learner)  # under torchrun: tasks sharded over the ranks
+    metrics = list(state.metrics) if state else []
+    if state is not None:
+        checkpoint.restore_optimizer_and_rng(state, learner, config.backend, meta_env.rng)
+    start_iteration = state.iteration if state else 0
     if ranks is None:
-        step = _iteration_fn(config, learner, meta_env, distribution)
+        step = _iteration_fn(config, learner, meta_env, distribution, start_iteration)
     else:
         step = ranks.iteration_fn(learner, meta_env, config.meta_batch, config.episodes)
-    if ranks is None or ranks.writes:
-        output.mkdir(parents=True, exist_ok=True)
-    metrics = []
-    progress = tqdm(range(config.iterations), desc=f"{config.task} ({config.backend})", unit="it",
-                    disable=ranks is not None and not ranks.writes)
-    for iteration in progress:
-        start = time.perf_counter()
-        result = step()
-        metrics.append({"iteration": iteration, **result, "seconds": time.perf_counter() - start})
-        progress.set_postfix(pre=f"{result['pre_return']:.1f}", post=f"{result['post_return']:.1f}")
-    if ranks is not None and not ranks.writes:  # only rank 0 writes outputs and evaluates
-        ranks.finish()
+
+    def save_state(iteration: int) -> None:
+        if not writes:
+            return
+        checkpoint.save(resume_path, checkpoint.capture(learner, config.backend, canonical_weights(learner),
+                                                        iteration, meta_env.rng, metrics, dataclasses.asdict(config)))
+
+    compile_before = jax_compile_seconds() if config.backend == "jax" else 0.0
+    progress = tqdm(range(start_iteration, config.iterations), desc=f"{config.task} ({config.backend})", unit="it",
+                    initial=start_iteration, total=config.iterations, bar_format=BAR_FORMAT, disable=not writes)
+    with deferred_interrupt() as stop:
+        for iteration in progress:
+            started = time.perf_counter()
+            result = step()
+            metrics.append({"iteration": iteration, **result, "seconds": time.perf_counter() - started})
+            progress.set_postfix(pre=f"{result['pre_return']:.1f}", post=f"{result['post_return']:.1f}")
+            if on_iteration is not None:
+                on_iteration(iteration)
+            done = iteration + 1
+            if stop[0]:
+                save_state(done)
+                progress.close()
+                raise TrainingInterrupted(done, resume_path)
+            if done % checkpoint_every == 0 and done < config.iterations:
+                save_state(done)
+    progress.close()
+    if not writes:  # rank 0 alone evaluates and writes; wait for it
+        ranks.wait()
         return {}
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    save_checkpoint(output / "checkpoint.safetensors", learner, config)
+    if start_iteration < config.iterations or state is None:
+        save_state(config.iterations)  # an interrupt during evaluation resumes here
+    compile_seconds = jax_compile_seconds() - compile_before if config.backend == "jax" else None
+    train_seconds = float(sum(m["seconds"] for m in metrics))
+    print(compile_line(config, compile_seconds, train_seconds))
+    info = run_info(config.backend)
+    write_metrics(directory, metrics, config, info, compile_seconds)
+    save_checkpoint(directory / "checkpoint.safetensors", learner, config)
     report = run_evaluation(learner, config, distribution)
-    report["config"] = dataclasses.asdict(config)
-    report["train_seconds"] = float(sum(m["seconds"] for m in metrics))
-    (output / "evaluation.json").write_text(json.dumps(report, indent=2))
-    plot(metrics, report, output)
-    print_report(report, distribution, output)
+    report = {"run": info, "config": report_config(config), "return": RETURN_MEANING.get(config.task, ""),
+              **report, "train_seconds": train_seconds}
+    if compile_seconds is not None:
+        report["compile_seconds"] = compile_seconds
+    plots.learning_curve(metrics, report_config(config), directory / "learning_curve.png")
+    plots.adaptation(report, report_config(config), config.backend, directory / "adaptation.png")
+    write_json(directory / "evaluation.json", report)  # last: its presence marks the run complete
+    resume_path.unlink(missing_ok=True)
+    print_report(report, distribution, final)
     if ranks is not None:
-        ranks.finish()
+        ranks.wait()
     return report
 
 
-def _iteration_fn(config: TrainConfig, learner: Any, meta_env: MetaEnvironment, distribution: TaskDistribution):
+def compile_line(config: TrainConfig, compile_seconds: float | None, train_seconds: float) -> str:
+    if compile_seconds is None:
+        return f"training took {train_seconds:.1f} s; PyTorch runs eagerly here (no torch.compile), so no compile time"
+    return (f"training took {train_seconds:.1f} s, of which {compile_seconds:.1f} s were JAX compilation "
+            f"(tracing + XLA, during the first iterations)")
+
+
+def report_config(config: TrainConfig) -> dict[str, Any]:
+    """The config as reports show it: without fields that mean nothing for this run."""
+    values = dataclasses.asdict(config)
+    if config.backend != "jax" or config.task not in NATIVE_TASKS:
+        del values["native"]  # only the JAX backend has native rollouts, and only for these tasks
+    return values
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically: a partly written report is never left behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+def write_metrics(directory: Path, metrics: list[dict[str, Any]], config: TrainConfig, info: dict[str, Any],
+                  compile_seconds: float | None) -> None:
+    """``metrics.json`` (with the run's provenance) and ``metrics.csv`` (one row per iteration)."""
+    report = {"run": info, "config": report_config(config),
+              "return": "pre_return/post_return: mean return of the iteration's training batch before/after "
+                        "one inner step; " + RETURN_MEANING.get(config.task, ""),
+              "iterations": metrics}
+    if compile_seconds is not None:
+        report["compile_seconds"] = compile_seconds
+    write_json(directory / "metrics.json", report)
+    columns = ["iteration", "pre_return", "post_return", "loss", "seconds"]
+    with open(directory / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(metrics)
+
+
+def _iteration_fn(config: TrainConfig, learner: Any, meta_env: MetaEnvironment, distribution: TaskDistribution,
+                  start: int = 0) -> Callable[[], dict[str, float]]:
+    """One meta-iteration per call; ``start`` iterations were done before (the JAX keys skip theirs)."""
     if config.backend == "jax" and config.native and config.task in NATIVE_TASKS:
         import jax
 
         from jax_impl.meta_rl.native import NativeMAMLRL
 
         native = NativeMAMLRL(learner, distribution, config.episodes)
-        keys = iter(jax.random.split(jax.random.key(config.seed), max(config.iterations, 1)))
+        keys = iter(list(jax.random.split(jax.random.key(config.seed), max(config.iterations, 1)))[start:])
         return lambda: native.iteration(meta_env.sample_tasks(config.meta_batch), next(keys))
     return lambda: meta_iteration(learner, meta_env, config.meta_batch, config.episodes)
 
@@ -205,7 +431,13 @@ def save_checkpoint(path: Path, learner: Any, config: TrainConfig) -> None:
     save_weights(path, canonical_weights(learner), {"train": dataclasses.asdict(config)})
 
 
+def expected_layout(config: TrainConfig, distribution: TaskDistribution) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Canonical name -> (shape, dtype) of the policy a checkpoint with this config must hold."""
+    return {name: (value.shape, value.dtype.name) for name, value in initial_weights(config, distribution).items()}
+
+
 def load_checkpoint(path: Path, backend: str | None = None) -> tuple[Any, TrainConfig, TaskDistribution]:
+    """A learner built from a train checkpoint; ``ValueError`` naming every bad tensor (same in both backends)."""
     tensors, meta = load_weights(path)
     if "train" not in meta:
         raise ValueError(f"{str(path)!r} is a weight file but not an ssm-metarl train checkpoint (no 'train' config)")
@@ -213,16 +445,26 @@ def load_checkpoint(path: Path, backend: str | None = None) -> tuple[Any, TrainC
     if backend is not None:
         config = dataclasses.replace(config, backend=backend)
     distribution = get_distribution(config.task)
+    check_weights(tensors, expected_layout(config, distribution), f"checkpoint {str(path)!r}")
     return make_learner(config, distribution, tensors), config, distribution
 
 
 def evaluate_checkpoint(path: Path, backend: str | None, output: Path | None) -> dict[str, Any]:
-    learner, config, distribution = load_checkpoint(path, backend)
-    report = run_evaluation(learner, config, distribution)
-    report["config"] = dataclasses.asdict(config)
+    """Re-run the held-out evaluation; writes ``evaluation_<backend>.json`` and ``adaptation_<backend>.png``.
+
+    The training run's own ``evaluation.json`` and ``adaptation.png`` are never touched.
+    """
     target = output or path.parent
+    rundir.check_writable_dir(target, "--output" if output is not None else "the checkpoint's directory")
+    learner, config, distribution = load_checkpoint(path, backend)
+    print(f"evaluating {path} with the {config.backend} backend "
+          f"({config.eval_tasks} held-out tasks, {config.eval_episodes} episodes each)")
+    report = run_evaluation(learner, config, distribution)
+    report = {"run": run_info(config.backend), "config": report_config(config), "checkpoint": str(path),
+              "return": RETURN_MEANING.get(config.task, ""), **report}
     target.mkdir(parents=True, exist_ok=True)
-    (target / "evaluation.json").write_text(json.dumps(report, indent=2))
+    plots.adaptation(report, report_config(config), config.backend, target / f"adaptation_{config.backend}.png")
+    write_json(target / f"evaluation_{config.backend}.json", report)
     print_report(report, distribution, target)
     return report
 
@@ -238,37 +480,7 @@ def print_report(report: dict[str, Any], distribution: TaskDistribution, output:
     if "regret" in report:
         print(f"  regret before adaptation {report['regret']['after_0_steps']['mean']:>9.2f} "
               f"(a uniformly random policy: {report['random_policy_regret']:.2f})")
-    print(f"results written to {output}")
-
-
-def plot(metrics: list[dict], report: dict[str, Any], output: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    iterations = [m["iteration"] for m in metrics]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(iterations, [m["pre_return"] for m in metrics], label="before adaptation")
-    ax.plot(iterations, [m["post_return"] for m in metrics], label="after 1 inner step")
-    ax.set(xlabel="meta-iteration", ylabel="mean return", title="learning curve")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(output / "learning_curve.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    steps = [0, 1, 2, 3]
-    means = [report[f"after_{k}_steps"]["mean"] for k in steps]
-    errors = [report[f"after_{k}_steps"]["se"] for k in steps]
-    ax.errorbar(steps, means, yerr=errors, marker="o", capsize=3, label="MetaMAML inner steps")
-    ax.errorbar([3], [report["after_adapter"]["mean"]], yerr=[report["after_adapter"]["se"]], marker="s",
-                capsize=3, linestyle="none", label="3 Adapter steps")
-    ax.set(xlabel="adaptation steps", ylabel="held-out mean return", xticks=steps, title="returns vs adaptation")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(output / "adaptation.png", dpi=120)
-    plt.close(fig)
+    print(f"results: {output}")
 
 
 def summarize_seeds(output: Path, seeds: list[int]) -> dict[str, Any]:
@@ -277,7 +489,9 @@ def summarize_seeds(output: Path, seeds: list[int]) -> dict[str, Any]:
     keys = ["after_0_steps", "after_1_steps", "after_2_steps", "after_3_steps", "after_adapter"]
     summary = {key: summarize([r[key]["mean"] for r in reports]) for key in keys}
     summary["seeds"] = seeds
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = {"run": reports[0].get("run"), "config": {k: v for k, v in reports[0]["config"].items() if k != "seed"},
+               "return": reports[0].get("return"), **summary}
+    write_json(output / "summary.json", summary)
     lines = ["| after | mean return over seeds | s.e. over seeds |", "|---|---|---|"]
     lines += [f"| {key.replace('after_', '').replace('_', ' ')} | {summary[key]['mean']:.2f} | "
               f"{summary[key]['se']:.2f} |" for key in keys]

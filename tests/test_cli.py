@@ -46,3 +46,25 @@ def test_parity_command_prints_and_writes_the_matrix(tmp_path, capsys):
     assert all(row["passed"] for row in report["rows"])
     assert len(report["rows"]) >= 15
     assert "| quantity | dtype | max abs |" in capsys.readouterr().out
+
+
+def test_parity_float32_lists_the_float64_only_cases_as_not_applicable(tmp_path, capsys, monkeypatch):
+    from parity_tests import matrix
+    from ssm_metarl import parity
+
+    cases = {name: matrix.CASES[name] for name in ("weights_through_flax", "meta_update_trajectories")}
+    monkeypatch.setattr(parity, "CASES", cases)
+    sizes = matrix.Sizes(3, 2, 2, 4, 2, 5)
+    assert parity.run(["float32"], sizes, tmp_path / "p.json") == 0
+    out = capsys.readouterr().out
+    assert "| meta update trajectories (every row of this case) | float32 | - | - | - | n/a (float64 only) |" in out
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["not_applicable"] == [{"quantity": "meta update trajectories (every row of this case)",
+                                         "dtype": "float32", "result": "n/a (float64 only)"}]
+    assert report["rows"] and all(r["dtype"] == "float32" for r in report["rows"])
+
+
+def test_parity_writes_under_runs_by_default():
+    from ssm_metarl.cli import build_parser
+
+    assert str(build_parser().parse_args(["parity"]).output) == "runs/parity_report.json"

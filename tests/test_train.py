@@ -15,10 +15,12 @@ SMALL = {"meta_batch": 10, "episodes": 10, "eval_tasks": 8, "eval_episodes": 10}
 def test_nav2d_training_gives_a_positive_adaptation_gain(tmp_path, backend, iterations):
     report = train(TrainConfig(backend=backend, task="nav2d", iterations=iterations, **SMALL), tmp_path)
     assert report["after_1_steps"]["mean"] > report["after_0_steps"]["mean"]
-    for name in ("metrics.json", "evaluation.json", "checkpoint.safetensors", "learning_curve.png", "adaptation.png"):
+    for name in ("config.toml", "metrics.json", "metrics.csv", "evaluation.json", "checkpoint.safetensors",
+                 "learning_curve.png", "adaptation.png"):
         assert (tmp_path / name).is_file(), name
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["iterations"]
     assert len(metrics) == iterations and {"pre_return", "post_return", "loss"} <= set(metrics[0])
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == iterations + 1
 
 
 @pytest.mark.parametrize("task", ["bandit", "cartpole", "pendulum"])
@@ -37,7 +39,7 @@ def test_evaluate_a_checkpoint_in_the_other_backend(tmp_path):
     train(TrainConfig(backend="jax", task="nav2d", iterations=3, **SMALL), tmp_path / "run")
     report = evaluate_checkpoint(tmp_path / "run" / "checkpoint.safetensors", "torch", tmp_path / "eval")
     assert report["config"]["backend"] == "torch"
-    assert (tmp_path / "eval" / "evaluation.json").is_file()
+    assert (tmp_path / "eval" / "evaluation_torch.json").is_file()
 
 
 def test_train_cli_and_its_errors(tmp_path, capsys):
