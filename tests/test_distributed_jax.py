@@ -141,3 +141,43 @@ def test_on_4_devices_sync_check_detects_divergence(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([[1], [2]], np.uint64))
     with pytest.raises(WorkerFailure, match="diverged"):
         sharded.check_in_sync()
+
+
+@needs_four
+def test_on_4_devices_local_api_in_one_process() -> None:
+    """One process holds every task: the local API is the whole-batch API, and it checks the count."""
+    sharded = DistributedMetaMAML(mlp_maml(), make_mesh(4))
+    assert (sharded.rank, sharded.world_size, sharded.devices) == (0, 1, 4)
+    tasks = make_mlp_tasks(5, "float64")
+    loss, grads = sharded.local_value_and_meta_gradient(tasks, expected_total=5)
+    reference_loss, reference = sharded.maml.value_and_meta_gradient(tasks)
+    comparison = compare_trees({"loss": loss, **to_canonical(grads)},
+                               {"loss": reference_loss, **to_canonical(reference)})
+    assert comparison.passes(1e-12), comparison.report(1e-12)
+    with pytest.raises(WorkerFailure, match="disagree"):
+        sharded.local_value_and_meta_gradient(tasks, expected_total=6)
+    assert sharded.reduce_sum([1.5, 2.0]) == [1.5, 2.0]
+
+
+@needs_four
+def test_on_4_devices_maml_rl_sharded_equals_one_device() -> None:
+    """The sharded MAML-RL iteration with the JAX backend (meta-gradient over 4 devices, 3 tasks, so one
+    device holds only padding) gives the numbers of the same loop on one device."""
+    from shared.env_runner import MetaEnvironment
+    from ssm_metarl import scaleout, train
+
+    config = train.TrainConfig(backend="jax", task="nav2d", meta_batch=3, episodes=2, iterations=1, native=False,
+                               state_dim=4, hidden_dim=8)
+    distribution = MetaEnvironment(config.task).distribution
+    runs = {}
+    for name in ("one device", "4 devices"):
+        learner = train.make_learner(config, distribution, train.initial_weights(config, distribution))
+        meta_env = MetaEnvironment(distribution, seed=config.seed)
+        workers = (scaleout.SingleWorker(learner.maml) if name == "one device"
+                   else DistributedMetaMAML(learner.maml, make_mesh(4), check_every=1))
+        metrics = [scaleout.sharded_meta_iteration(learner, workers, meta_env, config.meta_batch, config.episodes)
+                   for _ in range(config.iterations)]
+        runs[name] = {"metrics": {k: np.array([m[k] for m in metrics]) for k in metrics[0]},
+                      "weights": train.canonical_weights(learner)}
+    comparison = compare_trees(runs["4 devices"], runs["one device"])
+    assert comparison.passes(1e-5), comparison.report(1e-5)  # float32 policy

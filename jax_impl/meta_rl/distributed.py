@@ -92,7 +92,9 @@ class DistributedMetaMAML:
         if not isinstance(check_every, int) or check_every < 0:
             raise ValueError(f"check_every must be an integer >= 0, got {check_every!r}")
         self.maml, self.mesh, self.check_every = maml, mesh, check_every
-        self.world_size = mesh.shape[AXIS]
+        # processes split the rollouts (torch's ranks); the mesh's devices split the meta-gradient
+        self.rank, self.world_size = jax.process_index(), jax.process_count()
+        self.devices = mesh.shape[AXIS]
         self.steps = 0
         self._replicated = NamedSharding(mesh, P())
         self._by_task = NamedSharding(mesh, P(AXIS))
@@ -106,6 +108,44 @@ class DistributedMetaMAML:
         The results are replicated over the mesh.
         """
         return self._value_and_grad(*self._arguments(tasks))
+
+    def local_value_and_meta_gradient(self, local_tasks: Sequence[tuple], *,
+                                      expected_total: int | None = None) -> tuple[jax.Array, Params]:
+        """The same, when each process holds only its own tasks (e.g. its own rollouts).
+
+        Processes may hold different numbers of tasks, none included; the result is the mean over the
+        union, weighted by task count. ``expected_total`` (if given) must equal the summed count.
+        """
+        from jax.experimental import multihost_utils
+
+        count = len(local_tasks)
+        claimed = -1 if expected_total is None else expected_total
+        counts = np.asarray(multihost_utils.process_allgather(np.array([count, claimed]))).reshape(-1, 2)
+        total = int(counts[:, 0].sum())
+        if len(set(counts[:, 1].tolist())) != 1 or (expected_total is not None and total != expected_total):
+            raise WorkerFailure(f"processes disagree on the meta-batch: process {self.rank} expects {expected_total} "
+                                f"tasks, the processes hold {counts[:, 0].tolist()}")
+        if total == 0:
+            raise ValueError("no process holds a task; expected at least one task in the meta-batch")
+        if jax.process_count() == 1:
+            return self.value_and_meta_gradient(local_tasks)
+        # every process supplies the same number of rows (a multiple of its devices), padded with weight 0
+        local_devices = self.devices // jax.process_count()
+        rows = padded_size(max(int(counts[:, 0].max()), 1), local_devices)
+        if count:
+            stacked, _ = self._stack(local_tasks)
+        else:  # nothing here: any valid task shape will do, with weight 0 (the first process's structure)
+            raise ValueError(f"process {self.rank} holds no task; give every process at least one task")
+        padded = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], rows - count, axis=0)]), stacked)
+        weights = np.concatenate([np.full(count, 1.0 / total), np.zeros(rows - count)]).astype(self._dtype())
+
+        def place(local: np.ndarray) -> jax.Array:
+            return jax.make_array_from_process_local_data(
+                self._by_task, local, (rows * jax.process_count(), *local.shape[1:]))
+
+        _, params, rest = nnx.split(self.maml.model, nnx.Param, ...)
+        return self._value_and_grad(self._place(params, self._replicated), self._place(rest, self._replicated),
+                                    jax.tree.map(place, padded), place(weights))
 
     def apply_meta_gradient(self, grads: Params) -> None:
         """One optax Adam step with the (replicated) meta-gradient; the same step on every device and process."""
@@ -122,10 +162,19 @@ class DistributedMetaMAML:
     def meta_update(self, tasks: Sequence[tuple]) -> float:
         """One sharded outer step on ``tasks`` (the whole meta-batch); returns the mean query loss."""
         loss, grads = self.value_and_meta_gradient(tasks)
-        if not bool(jnp.isfinite(_local_copy(loss))):
-            raise ValueError("meta_update: the query loss is NaN/Inf; the model was not changed")
-        self.apply_meta_gradient(grads)
-        return float(_local_copy(loss))
+        return self._step(loss, grads)
+
+    def local_meta_update(self, local_tasks: Sequence[tuple], *, expected_total: int | None = None) -> float:
+        """One sharded outer step when each process holds only its own tasks."""
+        loss, grads = self.local_value_and_meta_gradient(local_tasks, expected_total=expected_total)
+        return self._step(loss, grads)
+
+    def reduce_sum(self, values: Sequence[float]) -> list[float]:
+        """Sum plain numbers (metrics) over the processes, in float64."""
+        from jax.experimental import multihost_utils
+
+        gathered = np.asarray(multihost_utils.process_allgather(np.asarray(values, np.float64)))
+        return gathered.reshape(jax.process_count(), -1).sum(axis=0).tolist()
 
     def check_in_sync(self) -> None:
         """Raise :class:`WorkerFailure` unless every process holds bit-identical variables."""
@@ -137,10 +186,16 @@ class DistributedMetaMAML:
             raise WorkerFailure(f"parameters diverged across processes after step {self.steps}: checksums {everyone}")
 
     # ------------------------------------------------------------ internals
+    def _step(self, loss: jax.Array, grads: Params) -> float:
+        if not bool(jnp.isfinite(_local_copy(loss))):  # the reduced loss: every process refuses alike
+            raise ValueError("meta_update: the query loss is NaN/Inf; the model was not changed")
+        self.apply_meta_gradient(grads)
+        return float(_local_copy(loss))
+
     def _arguments(self, tasks: Sequence[tuple]) -> tuple:
         """``(params, rest, tasks, weights)`` placed on the mesh: the task axis padded and sharded."""
         stacked, n = self._stack(tasks)
-        size = padded_size(n, self.world_size)
+        size = padded_size(n, self.devices)
         padded = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], size - n, axis=0)]), stacked)
         weights = np.concatenate([np.full(n, 1.0 / n), np.zeros(size - n)]).astype(self._dtype())
         _, params, rest = nnx.split(self.maml.model, nnx.Param, ...)
