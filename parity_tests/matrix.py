@@ -197,33 +197,115 @@ def adapted_parameters(setup: Setup) -> list[Row]:
     return rows
 
 
-def meta_gradients(setup: Setup, first_order: bool) -> dict[str, tuple[Any, Any]]:
-    """``{model: (jax canonical grads, torch grads)}`` for the SSM on sequences and for the MLP."""
+# The PyTorch MetaMAML modes of the matrix: constructor options of one definition of the maths.
+TORCH_MODES: dict[str, dict[str, bool]] = {
+    "torch loop": {"vectorize": False, "compile": False},
+    "torch vectorised": {"vectorize": True, "compile": False},
+    "torch compiled": {"vectorize": True, "compile": True},
+}
+# A finite-difference directional derivative of the fp64 meta-loss must match the meta-gradient to this.
+FINITE_DIFFERENCE_RTOL = 1e-6
+
+
+def meta_gradient_models(setup: Setup, compiled: bool) -> list[tuple[str, Any, list]]:
+    """``(name, (torch model, jax model), tasks)``: the SSM on sequences and the MLP.
+
+    The compiled rows use the same models on shorter sequences, so that ``torch.compile`` stays quick.
+    """
+    s = setup.sizes
+    ssm_tasks = setup.ssm_tasks()
+    if compiled:
+        ssm_tasks = [tuple(a[:2, :3] for a in task) for task in ssm_tasks]
+    mlps = twin_mlps(s.input_dim, 32, s.output_dim, setup.dtype, s.seed)
+    return [("SSM", setup.ssms(), ssm_tasks), ("MLP", mlps, setup.mlp_tasks())]
+
+
+def meta_gradients(setup: Setup, first_order: bool, modes: tuple[str, ...],
+                   models: tuple[str, ...] = ("SSM", "MLP")) -> dict[str, dict[str, Any]]:
+    """``{model: {"jax": canonical grads, mode: torch grads, ...}}`` for each torch mode in ``modes``."""
     out = {}
-    for name, models, tasks in (("SSM", setup.ssms(), setup.ssm_tasks()), ("MLP", twin_mlps(
-            setup.sizes.input_dim, 32, setup.sizes.output_dim, setup.dtype, setup.sizes.seed), setup.mlp_tasks())):
-        tm, jm = models
-        t_maml = TorchMAML(tm, setup.sizes.inner_lr, num_inner_steps=2, first_order=first_order)
+    compiled = any(TORCH_MODES[m]["compile"] for m in modes)
+    for name, (tm, jm), tasks in meta_gradient_models(setup, compiled):
+        if name not in models:
+            continue
         j_maml = JaxMAML(jm, setup.sizes.inner_lr, num_inner_steps=2, first_order=first_order)
-        out[name] = (to_canonical(j_maml.meta_gradient(tasks)),
-                     t_maml.meta_gradient([as_torch(tuple(task)) for task in tasks]))
+        out[name] = {"jax": to_canonical(j_maml.meta_gradient(tasks))}
+        t_tasks = [as_torch(tuple(task)) for task in tasks]
+        for mode in modes:
+            t_maml = TorchMAML(tm, setup.sizes.inner_lr, num_inner_steps=2, first_order=first_order,
+                               **TORCH_MODES[mode])
+            out[name][mode] = t_maml.meta_gradient(t_tasks)
     return out
 
 
-def meta_gradient_rows(setup: Setup) -> list[Row]:
-    second = meta_gradients(setup, first_order=False)
-    first = meta_gradients(setup, first_order=True)
+def finite_difference_row(setup: Setup, model: str, mode: str, eps: float = 1e-6) -> Row:
+    """The fp64 meta-gradient of ``mode`` against central differences of its own meta-loss, along 3
+    random directions (second order, k=2); the row compares the directional derivatives."""
+    compiled = TORCH_MODES[mode]["compile"]
+    (tm, _), tasks = next((pair, tasks) for name, pair, tasks in meta_gradient_models(setup, compiled)
+                          if name == model)
+    maml = TorchMAML(tm, setup.sizes.inner_lr, num_inner_steps=2, **TORCH_MODES[mode])
+    t_tasks = [as_torch(tuple(task)) for task in tasks]
+    grads = maml.meta_gradient(t_tasks)
+    params = maml.trainable_parameters()
+    gen = torch.Generator().manual_seed(setup.sizes.seed)
+    analytic, numeric = [], []
+    for _ in range(3):
+        direction = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()}
+        analytic.append(sum(float((grads[n] * direction[n]).sum()) for n in params))
+        values = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.add_(sign * eps * direction[n])
+            values.append(float(maml.value_and_meta_gradient(t_tasks)[0]))
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.sub_(sign * eps * direction[n])
+        numeric.append((values[0] - values[1]) / (2 * eps))
+    comparison = compare_trees(np.array(numeric), np.array(analytic))
+    return Row(f"meta-gradient vs finite differences ({model}, k=2, {mode})", setup.dtype, comparison.max_abs,
+               comparison.rel, FINITE_DIFFERENCE_RTOL, comparison.passes(FINITE_DIFFERENCE_RTOL), comparison)
+
+
+def mode_rows(setup: Setup, modes: tuple[str, ...], models: tuple[str, ...] = ("SSM", "MLP"),
+              orders: tuple[bool, ...] = (False, True)) -> list[Row]:
+    """Each torch mode against JAX and against the loop mode, in each order; second differs from first."""
+    results = {first_order: meta_gradients(setup, first_order, modes, models) for first_order in orders}
     rows = []
-    for name in second:
-        rows.append(row(f"meta-gradient, second order ({name}, k=2)", setup.dtype, "meta_gradient",
-                        compare_trees(*second[name])))
-        rows.append(row(f"meta-gradient, first order ({name}, k=2)", setup.dtype, "meta_gradient",
-                        compare_trees(*first[name])))
-        for backend, index in (("jax", 0), ("torch", 1)):
-            differ = compare_trees(second[name][index], first[name][index])
-            rows.append(Row(f"second order differs from first ({name}, {backend})", setup.dtype, differ.max_abs,
-                            differ.rel, MUST_DIFFER, differ.rel > MUST_DIFFER, differ))
+    for name in models:
+        for first_order in orders:
+            order = "first" if first_order else "second"
+            grads = results[first_order][name]
+            for mode in modes:
+                rows.append(row(f"meta-gradient, {order} order ({name}, k=2), {mode} vs JAX", setup.dtype,
+                                "meta_gradient", compare_trees(grads["jax"], grads[mode])))
+                if mode != "torch loop" and "torch loop" in grads:
+                    rows.append(row(f"meta-gradient, {order} order ({name}, k=2), {mode} vs torch loop",
+                                    setup.dtype, "meta_gradient", compare_trees(grads["torch loop"], grads[mode])))
+        if len(orders) == 2:
+            for backend in ("jax", *modes):
+                differ = compare_trees(results[False][name][backend], results[True][name][backend])
+                rows.append(Row(f"second order differs from first ({name}, {backend})", setup.dtype, differ.max_abs,
+                                differ.rel, MUST_DIFFER, differ.rel > MUST_DIFFER, differ))
     return rows
+
+
+def meta_gradient_rows(setup: Setup) -> list[Row]:
+    """The eager torch modes (loop, vectorised) against JAX and each other, plus finite differences."""
+    modes = ("torch loop", "torch vectorised")
+    rows = mode_rows(setup, modes)
+    if setup.dtype == "float64":
+        rows += [finite_difference_row(setup, model, mode) for model in ("SSM", "MLP") for mode in modes]
+    return rows
+
+
+def compiled_meta_gradient_rows(setup: Setup) -> list[Row]:
+    """``torch.compile``d MetaMAML against JAX and the loop mode, on tiny shapes (compiling is slow):
+    the MLP in both orders, the SSM in second order (the main gate). The finite-difference check of the
+    compiled mode is in ``tests/test_torch_meta_maml_modes.py`` (through its equality with the loop here)."""
+    modes = ("torch loop", "torch compiled")
+    return mode_rows(setup, modes, models=("MLP",)) + mode_rows(setup, modes, models=("SSM",), orders=(False,))
 
 
 def meta_update_trajectories(setup: Setup, steps: int = 10) -> list[Row]:
@@ -344,6 +426,7 @@ CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "loss_gradients": loss_gradients,
     "adapted_parameters": adapted_parameters,
     "meta_gradients": meta_gradient_rows,
+    "meta_gradients_compiled": compiled_meta_gradient_rows,
     "meta_update_trajectories": meta_update_trajectories,
     "adapter_trajectories": adapter_trajectories,
     "rl_losses": rl_losses,

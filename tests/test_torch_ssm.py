@@ -152,3 +152,131 @@ def test_wrong_device_is_named():
         model(torch.empty(2, 3, dtype=F64, device="meta"))
     with pytest.raises(ValueError, match="device cpu"):
         MetaMAML(model).adapt(torch.empty(2, 5, 3, dtype=F64, device="meta"), torch.zeros(2, 5, 2, dtype=F64))
+
+
+# ------------------------------------------------------------ bad input (issue 10)
+@pytest.mark.parametrize("call", ["forward", "scan", "hidden_states"])
+def test_sequences_of_length_zero_are_refused(call):
+    model = SSM(8, 3, 2, 16, "cpu")
+    with pytest.raises(ValueError, match="expected at least one time step"):
+        getattr(model, call)(torch.randn(4, 0, 3))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 2.0, -1.0, 0.5])
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_starts_must_hold_only_zero_or_one(bad, mode):
+    model = make()
+    starts = torch.zeros(2, 5, dtype=F64)
+    starts[1, 3] = bad
+    with pytest.raises(ValueError, match="starts must hold only 0 or 1"):
+        model.scan(torch.randn(2, 5, 3, dtype=F64), starts=starts, mode=mode)
+    with pytest.raises(ValueError, match="starts must hold only 0 or 1"):
+        model.step(torch.randn(2, 3, dtype=F64), model.init_state(2), starts[:, 3])
+
+
+def test_bool_and_integer_starts_are_accepted():
+    model = make()
+    xs = torch.randn(2, 5, 3, dtype=F64)
+    flags = torch.zeros(2, 5, dtype=torch.bool)
+    flags[0, 2] = True
+    ys = model.scan(xs, starts=flags)[0]
+    torch.testing.assert_close(model.scan(xs, starts=flags.to(torch.int64))[0], ys, rtol=0, atol=0)
+    torch.testing.assert_close(model.scan(xs, starts=flags.to(F64))[0], ys, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "bogus"])
+def test_unavailable_or_unknown_devices_name_the_valid_ones(device):
+    with pytest.raises(ValueError, match=r"expected one of \['cpu'|must be one of \['cpu'"):
+        SSM(8, 3, 2, 16, device)
+
+
+# ------------------------------------------------------------ the forward under torch.func and torch.compile
+def test_forward_runs_under_vmap_and_equals_a_loop():
+    model = make()
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    stacked = {n: torch.stack([p, 1.1 * p, 0.9 * p]) for n, p in params.items()}
+    xs = torch.randn(3, 2, 5, 3, dtype=F64)
+    starts = (torch.rand(3, 2, 5) < 0.3).to(F64)
+
+    def run(p, x, s):
+        return torch.func.functional_call(model, p, (x,), {"starts": s})
+
+    mapped = torch.func.vmap(run)(stacked, xs, starts)
+    for i in range(3):
+        one = run({n: v[i] for n, v in stacked.items()}, xs[i], starts[i])
+        torch.testing.assert_close(mapped[i], one, rtol=1e-12, atol=1e-14)
+
+
+def test_forward_runs_under_grad_of_grad():
+    model = make()
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    xs = torch.randn(2, 5, 3, dtype=F64)
+
+    def loss(p):
+        return torch.func.functional_call(model, p, (xs,)).pow(2).mean()
+
+    def inner(p):
+        g = torch.func.grad(loss)(p)
+        return loss({n: v - 0.1 * g[n] for n, v in p.items()})
+
+    grads = torch.func.grad(inner)(params)
+    leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+    first = torch.autograd.grad(loss(leaves), list(leaves.values()), create_graph=True)
+    adapted = {n: v - 0.1 * g for (n, v), g in zip(leaves.items(), first, strict=True)}
+    expected = torch.autograd.grad(loss(adapted), list(leaves.values()))
+    for (name, g), e in zip(grads.items(), expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14, msg=name)
+
+
+def test_forward_compiles_without_graph_breaks():
+    model = SSM(3, 2, 1, 4, "cpu")
+    xs = torch.randn(2, 3, 2)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(xs), model(xs), rtol=1e-5, atol=1e-6)
+
+
+def test_public_checks_still_run_outside_transforms():
+    model = make()
+    xs = torch.randn(2, 5, 3, dtype=F64)
+    xs[0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="input contains NaN or Inf"):
+        model(xs)
+
+
+# ------------------------------------------------------------ the parallel mode without resets (decay-power matrix)
+@pytest.mark.parametrize("length", [1, 2, 7, 100, 900])
+def test_parallel_without_resets_equals_sequential(length):
+    """Up to S*T*T = 4M the parallel mode uses the (S, T, T) matrix of decay powers; beyond, Hillis-Steele."""
+    model = make()
+    xs = torch.randn(2, length, 3, dtype=F64)
+    h0 = torch.randn(2, 6, dtype=F64)
+    seq = model.hidden_states(xs, h0, mode="sequential")
+    par = model.hidden_states(xs, h0, mode="parallel")
+    torch.testing.assert_close(par, seq, rtol=1e-11, atol=1e-12)
+
+
+def test_gradgradcheck_parallel_without_resets():
+    model = make(state=3, inp=2, out=2, hidden=3)
+    xs = torch.randn(2, 5, 2, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+
+    def parallel(xs, h0, *params):
+        return _scan_parallel(model, dict(zip(names, params, strict=True)), xs, h0)
+
+    assert torch.autograd.gradcheck(parallel, (xs, h0, *params))
+    assert torch.autograd.gradgradcheck(parallel, (xs, h0, *params))
+
+
+def _scan_parallel(model, params, xs, h0):
+    class Scan(torch.nn.Module):
+        def __init__(self, ssm):
+            super().__init__()
+            self.ssm = ssm
+
+        def forward(self, xs, h0):
+            return self.ssm.scan(xs, h0, mode="parallel")[0]
+
+    return torch.func.functional_call(Scan(model), {f"ssm.{n}": p for n, p in params.items()}, (xs, h0))

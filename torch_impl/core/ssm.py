@@ -6,6 +6,10 @@
     y_t    = W2 gelu(W1 h_t + b1) + b2 + D x_t + b_D  (exact, erf-based GELU)
 
 The module holds no state between calls: the recurrent state is passed in and returned.
+Data-dependent checks (NaN/Inf, 0/1 flags) run at the public boundary, on concrete tensors; under
+``torch.func`` transforms (``vmap``, ``grad`` of wrapped inputs) and ``torch.compile`` the forward is
+pure tensor maths, so it can be vmapped, differentiated to any order and compiled. The caller of a
+transform (e.g. ``MetaMAML``) validates the data before tracing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from shared.validation import check_rank_and_width, check_shape
 from shared.weights import load_weights, save_weights
 
 ScanMode = Literal["sequential", "parallel"]
+# The parallel mode without resets uses the (S, T, T) decay-power matrix up to this many elements.
+TOEPLITZ_MAX_ELEMENTS = 1 << 22
 
 
 class SSM(nn.Module):
@@ -55,7 +61,7 @@ class SSM(nn.Module):
         self.config = SSMConfig(state_dim, input_dim, output_dim, hidden_dim, r_min, r_max)
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        kw = {"device": torch.device(device), "dtype": dtype}
+        kw = {"device": resolve_device(device), "dtype": dtype}
         decay = torch.empty(state_dim, **kw).uniform_(r_min, r_max)
         self.nu_log = nn.Parameter(torch.log(-torch.log(decay)))
         self.B = nn.Linear(input_dim, state_dim, **kw)
@@ -138,6 +144,8 @@ class SSM(nn.Module):
         if mode == "sequential":
             return sequential_scan(decays, inputs, state)
         if mode == "parallel":
+            if starts is None and self.config.state_dim * length * length <= TOEPLITZ_MAX_ELEMENTS:
+                return toeplitz_scan(torch.exp(self.nu_log), inputs, state)
             return parallel_scan(decays.expand_as(inputs), inputs, state)
         raise ValueError(f"mode must be 'sequential' or 'parallel', got {mode!r}")
 
@@ -170,8 +178,10 @@ class SSM(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         check_rank_and_width("input", x.shape, ranks, self.config.input_dim, "input_dim")
+        if x.dim() == 3 and x.shape[1] == 0:
+            raise ValueError(f"input has no time steps (shape {tuple(x.shape)}); expected at least one time step")
         self._check_dtype_device("input", x)
-        if not bool(torch.isfinite(x).all()):
+        if not _traced(x) and not bool(torch.isfinite(x).all()):
             raise ValueError("input contains NaN or Inf; expected finite values")
 
     def _check_dtype_device(self, name: str, t: torch.Tensor) -> None:
@@ -186,7 +196,7 @@ class SSM(nn.Module):
             raise TypeError(f"state must be a torch.Tensor, got {type(state).__name__}")
         check_shape("state", state.shape, (batch, self.config.state_dim))
         self._check_dtype_device("state", state)
-        if not bool(torch.isfinite(state).all()):
+        if not _traced(state) and not bool(torch.isfinite(state).all()):
             raise ValueError("state contains NaN or Inf; expected finite values")
 
     def _state_or_zeros(self, state: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -201,7 +211,35 @@ class SSM(nn.Module):
         check_shape("starts", starts.shape, shape)
         if starts.device != self.nu_log.device:
             raise ValueError(f"starts must be on device {self.nu_log.device}, got {starts.device}")
+        if starts.dtype.is_complex:
+            raise TypeError(f"starts must be a real or bool tensor of 0/1 flags, got {starts.dtype}")
+        if not _traced(starts) and not bool(((starts == 0) | (starts == 1)).all()):
+            bad = starts[(starts != 0) & (starts != 1)].flatten()[:3].tolist()
+            raise ValueError(f"starts must hold only 0 or 1 (episode-start flags), got values such as {bad}")
         return starts.to(self.nu_log.dtype)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine, else ``ValueError`` naming the valid ones."""
+    valid = ["cpu"]
+    if torch.cuda.is_available():
+        valid += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        valid.append("mps")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str or torch.device, one of {valid}, got {type(device).__name__}")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must be one of {valid} (or a torch.device), got {device!r}") from err
+    if resolved.type != "cpu" and str(resolved) not in valid:
+        raise ValueError(f"device {device!r} is not available on this machine; expected one of {valid}")
+    return resolved
+
+
+def _traced(t: torch.Tensor) -> bool:
+    """Inside ``torch.compile`` or a ``torch.func`` transform that wraps ``t``: no data-dependent checks."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 def ssm_decay_and_gain(nu_log: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,22 +249,34 @@ def ssm_decay_and_gain(nu_log: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def ssm_readout(params: dict[str, torch.Tensor], h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``W2 gelu(W1 h + b1) + b2 + D x + b_D``; ``params`` by canonical name."""
-    hidden = F.gelu(F.linear(h, params["W1.weight"], params["W1.bias"]))
-    return F.linear(hidden, params["W2.weight"], params["W2.bias"]) + F.linear(x, params["D.weight"], params["D.bias"])
+    """``W2 gelu(W1 h + b1) + b2 + D x + b_D``; ``params`` by canonical name (see :func:`ssm_step` for
+    stacked parameters)."""
+    hidden = F.gelu(_affine(h, params["W1.weight"], params["W1.bias"]))
+    return _affine(hidden, params["W2.weight"], params["W2.bias"]) + _affine(x, params["D.weight"], params["D.bias"])
 
 
 def ssm_step(params: dict[str, torch.Tensor], x: torch.Tensor, state: torch.Tensor,
          start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of the SSM as a pure function of its parameters (no checks): ``(y, new_state)``.
 
-    Pure, so ``torch.func.vmap`` can map it over stacked parameters (one set per task).
+    ``params`` are one set (``x (B, I)``, ``state (B, S)``) or a stack of ``N`` sets with a leading
+    axis (``x (N, B, I)``, ``state (N, B, S)``; set ``i`` acts on ``x[i]``), which runs as batched
+    matrix products, cheaper than ``torch.func.vmap`` for one small step.
     """
     decay, gain = ssm_decay_and_gain(params["nu_log"])
+    if params["nu_log"].dim() == 2:
+        decay, gain = decay.unsqueeze(-2), gain.unsqueeze(-2)
     if start is not None:
         state = state * (1.0 - start).unsqueeze(-1)
-    new_state = decay * state + gain * F.linear(x, params["B.weight"], params["B.bias"])
+    new_state = decay * state + gain * _affine(x, params["B.weight"], params["B.bias"])
     return ssm_readout(params, new_state, x), new_state
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x W^T + b``; ``weight (O, I)``, or stacked ``(N, O, I)`` with ``x (N, B, I)`` and ``bias (N, O)``."""
+    if weight.dim() == 2:
+        return F.linear(x, weight, bias)
+    return torch.baddbmm(bias.unsqueeze(-2), x, weight.transpose(-1, -2))
 
 
 def sequential_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -237,6 +287,20 @@ def sequential_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Ten
         state = (decays if decays.dim() == 1 else decays[:, t]) * state + inputs[:, t]
         hs.append(state)
     return torch.stack(hs, dim=1)
+
+
+def toeplitz_scan(rate: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """The recurrence with one decay ``lambda = exp(-rate)`` per channel and no resets, all steps at once:
+    ``h_t = sum_{s<=t} lambda^(t-s) u_s + lambda^(t+1) h_0`` as one batched matrix product with the
+    ``(S, T, T)`` lower-triangular matrix of decay powers ``exp(-rate (t - s))``. ``rate (S,)``,
+    ``inputs (B, T, S)``, ``state (B, S)``. Few, large, fusable ops: cheap to differentiate to any order.
+    """
+    steps = torch.arange(inputs.shape[1], dtype=inputs.dtype, device=inputs.device)
+    lag = steps[:, None] - steps[None, :]  # (T, T): t - s
+    powers = torch.exp(-rate[:, None, None] * lag.clamp(min=0))  # (S, T, T); clamp keeps the masked part finite
+    kernel = torch.where(lag >= 0, powers, torch.zeros((), dtype=inputs.dtype, device=inputs.device))
+    carried = torch.exp(-rate * (steps[:, None] + 1)) * state.unsqueeze(1)  # (B, T, S)
+    return torch.einsum("cts,bsc->btc", kernel, inputs) + carried
 
 
 def parallel_scan(decays: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:

@@ -42,13 +42,18 @@ class SSMPolicy(nn.Module):
         return self._dist_params(out, getattr(self, "log_std", None)), final
 
     def _dist_params(self, out: torch.Tensor, log_std: torch.Tensor | None) -> torch.Tensor:
-        return out if self.discrete else torch.cat([out, log_std.expand_as(out)], dim=-1)
+        if self.discrete:
+            return out
+        if log_std.dim() == 2:  # stacked per-task parameters (act_step): (N, A) against out (N, B, A)
+            log_std = log_std.unsqueeze(-2)
+        return torch.cat([out, log_std.expand_as(out)], dim=-1)
 
     def act_step(self, params: dict[str, torch.Tensor], obs: torch.Tensor,
                  state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One acting step as a pure function of ``params`` (no checks), for ``torch.func.vmap`` over tasks.
+        """One acting step as a pure function of ``params`` (no checks).
 
-        ``obs (N, obs_dim)``, ``state (N, S)`` -> ``(dist_params (N, D), new_state)``.
+        ``obs (N, obs_dim)``, ``state (N, S)`` -> ``(dist_params (N, D), new_state)``; with ``params``
+        stacked over ``K`` tasks (a leading axis), ``obs (K, N, obs_dim)`` and ``state (K, N, S)``.
         """
         ssm_params = {name[len("ssm."):]: value for name, value in params.items() if name.startswith("ssm.")}
         out, state = ssm_step(ssm_params, obs, state)
@@ -75,22 +80,24 @@ class MAMLRL:
 
     Args:
         policy: an :class:`SSMPolicy` (or any module with its call signature).
-        inner_lr, outer_lr, num_inner_steps, first_order: as in :class:`MetaMAML`.
+        inner_lr, outer_lr, num_inner_steps, first_order, vectorize, compile: as in :class:`MetaMAML`
+            (defaults: the tasks vmapped, eager). ``compile=True`` compiles the meta-gradient once for
+            the run's fixed batch shape (tasks x episodes x horizon): worth it for long runs.
     """
 
     def __init__(self, policy: nn.Module, inner_lr: float = 0.1, outer_lr: float = 1e-3, num_inner_steps: int = 1,
-                 *, first_order: bool = False) -> None:
+                 *, first_order: bool = False, vectorize: bool = True, compile: bool = False) -> None:
         self.policy = policy
         self.maml = MetaMAML(policy, inner_lr, outer_lr, num_inner_steps, first_order=first_order,
-                             loss_fn=policy_gradient_loss)
+                             loss_fn=policy_gradient_loss, vectorize=vectorize, compile=compile)
         self.dtype_name = str(next(policy.parameters()).dtype).removeprefix("torch.")  # for numpy batches
 
     def meta_params(self) -> Params:
         return {name: p.detach() for name, p in self.policy.named_parameters()}
 
     def act_fn(self, params: list[Params], episodes_per_task: int) -> Any:
-        """``act(obs, state)`` for a task-major batch: task ``i`` acts with ``params[i]`` (one vmapped call;
-        one plain batched call when every task shares the same parameters)."""
+        """``act(obs, state)`` for a task-major batch: task ``i`` acts with ``params[i]`` (one call with the
+        parameters stacked over tasks; one plain batched call when every task shares the same parameters)."""
         dtype = next(self.policy.parameters()).dtype
         shared = all(p is params[0] for p in params)
         if shared:
@@ -98,7 +105,7 @@ class MAMLRL:
             step = self.policy.act_step
         else:
             weights = {name: torch.stack([p[name].detach() for p in params]) for name in params[0]}
-            step = torch.func.vmap(self.policy.act_step)
+            step = self.policy.act_step
         width = len(params) * episodes_per_task
 
         @torch.no_grad()
