@@ -302,76 +302,107 @@ def _train_one(config: TrainConfig, directory: Path, final: Path, many: bool, ch
     """One seed's run, written to ``directory`` (which becomes ``final`` when the whole run is complete)."""
     if (directory / "evaluation.json").is_file():  # finished before an interrupt: keep it
         return json.loads((directory / "evaluation.json").read_text())
-    writes = ranks is None or ranks.writes
-    if writes:
+    if ranks is None or ranks.writes:
         directory.mkdir(parents=True, exist_ok=True)
         if many:
             write_config(directory / "config.toml", [config], final / "config.toml")
-    distribution = get_distribution(config.task)
-    resume_path = directory / checkpoint.RESUME_FILE
-    state = checkpoint.load(resume_path) if resume_path.is_file() else None
-    if state is not None and state.config != dataclasses.asdict(config):
-        raise ValueError(f"{str(resume_path)!r} was written for another configuration: {state.config}")
-    learner = make_learner(config, distribution, state.params if state else initial_weights(config, distribution))
-    meta_env = MetaEnvironment(distribution, seed=config.seed)
-    metrics = list(state.metrics) if state else []
-    if state is not None:
-        checkpoint.restore_optimizer_and_rng(state, learner, config.backend, meta_env.rng)
-    start_iteration = state.iteration if state else 0
-    if ranks is None:
-        step = _iteration_fn(config, learner, meta_env, distribution, start_iteration)
-    else:
-        step = ranks.iteration_fn(learner, meta_env, config.meta_batch, config.episodes)
-
-    def save_state(iteration: int) -> None:
-        if not writes:
-            return
-        checkpoint.save(resume_path, checkpoint.capture(learner, config.backend, canonical_weights(learner),
-                                                        iteration, meta_env.rng, metrics, dataclasses.asdict(config)))
-
-    compile_before = jax_compile_seconds() if config.backend == "jax" else 0.0
-    progress = tqdm(range(start_iteration, config.iterations), desc=f"{config.task} ({config.backend})", unit="it",
-                    initial=start_iteration, total=config.iterations, bar_format=BAR_FORMAT, disable=not writes)
-    with deferred_interrupt() as stop:
-        for iteration in progress:
-            started = time.perf_counter()
-            result = step()
-            metrics.append({"iteration": iteration, **result, "seconds": time.perf_counter() - started})
-            progress.set_postfix(pre=f"{result['pre_return']:.1f}", post=f"{result['post_return']:.1f}")
-            if on_iteration is not None:
-                on_iteration(iteration)
-            done = iteration + 1
-            if stop[0]:
-                save_state(done)
-                progress.close()
-                raise TrainingInterrupted(done, resume_path)
-            if done % checkpoint_every == 0 and done < config.iterations:
-                save_state(done)
-    progress.close()
-    if not writes:  # rank 0 alone evaluates and writes; wait for it
+    session = TrainingSession(config, directory, ranks)
+    compile_seconds = session.loop(checkpoint_every, on_iteration)
+    if ranks is not None and not ranks.writes:  # rank 0 alone evaluates and writes; wait for it
         ranks.wait()
         return {}
-    if start_iteration < config.iterations or state is None:
-        save_state(config.iterations)  # an interrupt during evaluation resumes here
-    compile_seconds = jax_compile_seconds() - compile_before if config.backend == "jax" else None
-    train_seconds = float(sum(m["seconds"] for m in metrics))
-    print(compile_line(config, compile_seconds, train_seconds))
-    info = run_info(config.backend)
-    write_metrics(directory, metrics, config, info, compile_seconds)
-    save_checkpoint(directory / "checkpoint.safetensors", learner, config)
-    report = run_evaluation(learner, config, distribution)
-    report = {"run": info, "config": report_config(config), "return": RETURN_MEANING.get(config.task, ""),
-              **report, "train_seconds": train_seconds}
-    if compile_seconds is not None:
-        report["compile_seconds"] = compile_seconds
-    plots.learning_curve(metrics, report_config(config), directory / "learning_curve.png")
-    plots.adaptation(report, report_config(config), config.backend, directory / "adaptation.png")
-    write_json(directory / "evaluation.json", report)  # last: its presence marks the run complete
-    resume_path.unlink(missing_ok=True)
-    print_report(report, distribution, final)
+    report = session.finish(compile_seconds, final)
     if ranks is not None:
         ranks.wait()
     return report
+
+
+class TrainingSession:
+    """One seed's training in ``directory``: started fresh or from its resumable checkpoint.
+
+    ``step()`` runs one meta-iteration; ``save_state(k)`` writes the resumable checkpoint after ``k``
+    iterations; ``loop`` trains to ``config.iterations``; ``finish`` evaluates and writes the reports.
+    """
+
+    def __init__(self, config: TrainConfig, directory: Path, ranks: scaleout.Ranks | None = None) -> None:
+        self.config, self.directory = config, directory
+        self.writes = ranks is None or ranks.writes  # under torchrun only rank 0 writes
+        self.distribution = get_distribution(config.task)
+        self.resume_path = directory / checkpoint.RESUME_FILE
+        state = checkpoint.load(self.resume_path) if self.resume_path.is_file() else None
+        if state is not None and state.config != dataclasses.asdict(config):
+            raise ValueError(f"{str(self.resume_path)!r} was written for another configuration: {state.config}")
+        if state is not None:
+            check_weights(state.params, expected_layout(config, self.distribution),
+                          f"resume checkpoint {str(self.resume_path)!r}")
+        weights = state.params if state else initial_weights(config, self.distribution)
+        self.learner = make_learner(config, self.distribution, weights)
+        self.meta_env = MetaEnvironment(self.distribution, seed=config.seed)
+        self.metrics: list[dict[str, Any]] = list(state.metrics) if state else []
+        if state is not None:
+            checkpoint.restore_optimizer_and_rng(state, self.learner, config.backend, self.meta_env.rng)
+        self.start = state.iteration if state else 0
+        self.resumed_after_training = state is not None and state.iteration == config.iterations
+        if ranks is None:
+            self.step = _iteration_fn(config, self.learner, self.meta_env, self.distribution, self.start)
+        else:  # this rank's slice of the tasks (ssm_metarl/scaleout.py)
+            self.step = ranks.iteration_fn(self.learner, self.meta_env, config.meta_batch, config.episodes)
+
+    def save_state(self, iteration: int) -> None:
+        if not self.writes:
+            return
+        checkpoint.save(self.resume_path, checkpoint.capture(
+            self.learner, self.config.backend, canonical_weights(self.learner), iteration, self.meta_env.rng,
+            self.metrics, dataclasses.asdict(self.config)))
+
+    def loop(self, checkpoint_every: int, on_iteration: Callable[[int], None] | None = None) -> float | None:
+        """Train to the end; returns the JAX compilation seconds (None for PyTorch).
+
+        Raises :class:`TrainingInterrupted` after saving, on the first Ctrl-C.
+        """
+        config = self.config
+        compile_before = jax_compile_seconds() if config.backend == "jax" else 0.0
+        progress = tqdm(range(self.start, config.iterations), desc=f"{config.task} ({config.backend})", unit="it",
+                        initial=self.start, total=config.iterations, bar_format=BAR_FORMAT, disable=not self.writes)
+        with deferred_interrupt() as stop:
+            for iteration in progress:
+                started = time.perf_counter()
+                result = self.step()
+                self.metrics.append({"iteration": iteration, **result, "seconds": time.perf_counter() - started})
+                progress.set_postfix(pre=f"{result['pre_return']:.1f}", post=f"{result['post_return']:.1f}")
+                if on_iteration is not None:
+                    on_iteration(iteration)
+                done = iteration + 1
+                if stop[0]:
+                    self.save_state(done)
+                    progress.close()
+                    raise TrainingInterrupted(done, self.resume_path)
+                if done % checkpoint_every == 0 and done < config.iterations:
+                    self.save_state(done)
+        progress.close()
+        if not self.resumed_after_training:
+            self.save_state(config.iterations)  # an interrupt during evaluation resumes here
+        return jax_compile_seconds() - compile_before if config.backend == "jax" else None
+
+    def finish(self, compile_seconds: float | None, final: Path) -> dict[str, Any]:
+        """Write metrics and checkpoint, evaluate on the held-out tasks, plot; ``evaluation.json`` last."""
+        config, directory, metrics = self.config, self.directory, self.metrics
+        train_seconds = float(sum(m["seconds"] for m in metrics))
+        print(compile_line(config, compile_seconds, train_seconds))
+        info = run_info(config.backend)
+        write_metrics(directory, metrics, config, info, compile_seconds)
+        save_checkpoint(directory / "checkpoint.safetensors", self.learner, config)
+        report = run_evaluation(self.learner, config, self.distribution)
+        report = {"run": info, "config": report_config(config), "return": RETURN_MEANING.get(config.task, ""),
+                  **report, "train_seconds": train_seconds}
+        if compile_seconds is not None:
+            report["compile_seconds"] = compile_seconds
+        plots.learning_curve(metrics, report_config(config), directory / "learning_curve.png")
+        plots.adaptation(report, report_config(config), config.backend, directory / "adaptation.png")
+        write_json(directory / "evaluation.json", report)  # last: its presence marks the run complete
+        self.resume_path.unlink(missing_ok=True)
+        print_report(report, self.distribution, final)
+        return report
 
 
 def compile_line(config: TrainConfig, compile_seconds: float | None, train_seconds: float) -> str:
@@ -433,7 +464,11 @@ def save_checkpoint(path: Path, learner: Any, config: TrainConfig) -> None:
 
 def expected_layout(config: TrainConfig, distribution: TaskDistribution) -> dict[str, tuple[tuple[int, ...], str]]:
     """Canonical name -> (shape, dtype) of the policy a checkpoint with this config must hold."""
-    return {name: (value.shape, value.dtype.name) for name, value in initial_weights(config, distribution).items()}
+    import torch
+
+    with torch.random.fork_rng():  # building the reference policy must not reseed the caller's generator
+        weights = initial_weights(config, distribution)
+    return {name: (value.shape, value.dtype.name) for name, value in weights.items()}
 
 
 def load_checkpoint(path: Path, backend: str | None = None) -> tuple[Any, TrainConfig, TaskDistribution]:

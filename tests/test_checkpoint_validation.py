@@ -58,3 +58,12 @@ def test_a_good_layout_passes_and_the_expected_layout_is_the_policys():
     layout = expected_layout(CONFIG, get_distribution("nav2d"))
     assert layout["ssm.B.weight"] == ((4, 2), "float32") and "log_std" in layout
     check_weights(initial_weights(CONFIG, get_distribution("nav2d")), layout)
+
+
+def test_evaluate_checks_its_output_before_loading_or_computing(tmp_path):
+    path = write_checkpoint(tmp_path / "checkpoint.safetensors", lambda w: None)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is an existing file; expected a directory"):
+        evaluate_checkpoint(path, "torch", tmp_path / "file")
+    with pytest.raises(ValueError, match=r"is a directory; expected a \.safetensors weight file"):
+        evaluate_checkpoint(tmp_path, "torch", tmp_path / "eval")
