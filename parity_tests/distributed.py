@@ -206,6 +206,14 @@ def torch_worker(out: Path) -> None:
         results["disagree"] = "no error"
     except WorkerFailure as err:
         results["disagree"] = f"WorkerFailure: {err}"
+    bad = [tuple(torch.full_like(a, float("nan")) if rank == 1 and i == 0 else a for i, a in enumerate(task))
+           for task in tasks]  # rank 1's copy of the tasks has NaN, so its slice is bad; rank 0's slice is fine
+    try:  # one rank's bad slice: every rank raises at once (no hang), nothing changes
+        distributed.meta_update(bad)
+        results["bad_slice"] = "no error"
+    except ValueError as err:
+        results["bad_slice"] = f"ValueError: {err}"
+    results["after_bad_slice"] = parameter_checksum(learner.model)
     torch.save(results, out / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 

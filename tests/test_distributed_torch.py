@@ -127,3 +127,11 @@ def test_ranks_with_different_meta_batches_all_fail() -> None:
     results = harness.torch_results(2)
     for rank in range(2):
         assert results[rank]["disagree"].startswith("WorkerFailure: ranks disagree on the meta-batch"), rank
+
+
+def test_bad_input_on_one_rank_fails_every_rank_at_once() -> None:
+    results = harness.torch_results(2)
+    assert "contains NaN" in results[1]["bad_slice"], results[1]["bad_slice"]  # its own, original error
+    assert "1 other rank(s) could not compute their slice" in results[0]["bad_slice"], results[0]["bad_slice"]
+    for rank in range(2):  # nothing changed
+        assert results[rank]["after_bad_slice"] == results[rank]["trajectory"]["checksum"]

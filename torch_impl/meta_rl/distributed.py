@@ -117,28 +117,38 @@ class DistributedMetaMAML:
         """
         count = len(local_tasks)
         template = {name: p for name, p in self.maml.model.named_parameters() if p.requires_grad}
-        if count:
+        error = None
+        try:
+            if not count:
+                raise LookupError  # this rank has no task: it adds zero
             loss, grads = self.maml.value_and_meta_gradient(list(local_tasks))
-        else:  # this rank has no task: it adds zero
+        except (LookupError, ValueError, TypeError) as err:  # bad input here: still join the all-reduce
+            error = None if isinstance(err, LookupError) else err
             loss = torch.zeros((), dtype=next(iter(template.values())).dtype)
             grads = {name: torch.zeros_like(p) for name, p in template.items()}
         names = list(grads)
         device = next(iter(template.values())).device
-        # one all-reduce carries the count-weighted gradients and loss, the count, and the ranks'
-        # claimed meta-batch size e and e**2 (all ranks agree iff sum(e)**2 == world * sum(e**2))
+        # one all-reduce carries the count-weighted gradients and loss, the count, the ranks' claimed
+        # meta-batch size e and e**2 (all ranks agree iff sum(e)**2 == world * sum(e**2)), and how many
+        # ranks could not compute their slice
         expected = 0.0 if expected_total is None else float(expected_total)
-        tail = torch.tensor([count, expected, expected**2], dtype=torch.float64, device=device)
+        tail = torch.tensor([count, expected, expected**2, error is not None], dtype=torch.float64, device=device)
         comm = torch.float64 if loss.dtype == torch.float64 else torch.float32  # counts stay exact
         flat = torch.cat([grads[name].detach().reshape(-1).to(device, comm) * count for name in names]
                          + [(loss.detach().to(device, comm) * count).reshape(1), tail.to(comm)])
         self._collective(dist.all_reduce, flat, op=dist.ReduceOp.SUM)
-        total, claimed, claimed_sq = (round(float(v)) for v in flat[-3:])
+        total, claimed, claimed_sq, failed = (round(float(v)) for v in flat[-4:])
+        if error is not None:
+            raise error
+        if failed:
+            raise ValueError(f"{failed} other rank(s) could not compute their slice of the meta-batch (bad input "
+                             "there, see their error); the model was not changed")
         if claimed**2 != self.world_size * claimed_sq or (expected_total is not None and total != expected_total):
             raise WorkerFailure(f"ranks disagree on the meta-batch: rank {self.rank} has {expected_total} tasks, "
                                 f"the ranks' slices add up to {total}; every rank must pass the same task list")
         if total == 0:
             raise ValueError("no rank holds a task; expected at least one task in the meta-batch")
-        flat = flat[:-3] / total
+        flat = flat[:-4] / total
         out, offset = {}, 0
         for name in names:
             size = grads[name].numel()
