@@ -29,7 +29,7 @@ from shared.config import from_dict, require_positive_int
 from shared.env_runner import MetaEnvironment, get_distribution
 from shared.env_runner.tasks import TaskDistribution
 from shared.weights import check_weights, load_weights, save_weights
-from ssm_metarl import checkpoint, plots, rundir
+from ssm_metarl import checkpoint, plots, rundir, scaleout
 from ssm_metarl.compile_time import BAR_FORMAT, jax_compile_seconds
 from ssm_metarl.config_file import check_keys, dumps_toml, read_toml
 from ssm_metarl.rl_loop import batches, evaluate, meta_iteration, rollout
@@ -239,18 +239,27 @@ def run(configs: list[TrainConfig], output: Path, *, overwrite: bool = False, re
     directory with the configuration saved there (``configs`` is then ignored and may be empty).
     """
     require_positive_int("checkpoint_every", checkpoint_every)
-    staging = rundir.start(output, overwrite=overwrite, resume=resume)
+    ranks = scaleout.connect()  # under torchrun: tasks sharded over the ranks, only rank 0 writes
+    writes = ranks is None or ranks.writes
+    if writes:
+        staging = rundir.start(output, overwrite=overwrite, resume=resume)
+        if not resume:
+            check_seeds([c.seed for c in configs])
+            write_config(staging / "config.toml", configs, output / "config.toml")
+    if ranks is not None:
+        ranks.wait()
+        staging = rundir.staging_dir(output)
     if resume:
         configs = read_run_configs(staging / "config.toml")
-    else:
-        check_seeds([c.seed for c in configs])
-        write_config(staging / "config.toml", configs, output / "config.toml")
+    scaleout.check_backend(ranks, [c.backend for c in configs])
     many = len(configs) > 1
     reports = []
     for config in configs:
         name = f"seed_{config.seed}"
         directory, final = (staging / name, output / name) if many else (staging, output)
-        reports.append(_train_one(config, directory, final, many, checkpoint_every, on_iteration))
+        reports.append(_train_one(config, directory, final, many, checkpoint_every, on_iteration, ranks))
+    if not writes:
+        return reports
     if many:
         summarize_seeds(staging, [c.seed for c in configs])
     rundir.finish(staging, output)
@@ -289,16 +298,23 @@ def deferred_interrupt() -> Iterator[list[bool]]:
 
 
 def _train_one(config: TrainConfig, directory: Path, final: Path, many: bool, checkpoint_every: int,
-               on_iteration: Callable[[int], None] | None) -> dict[str, Any]:
+               on_iteration: Callable[[int], None] | None, ranks: scaleout.Ranks | None = None) -> dict[str, Any]:
     """One seed's run, written to ``directory`` (which becomes ``final`` when the whole run is complete)."""
     if (directory / "evaluation.json").is_file():  # finished before an interrupt: keep it
         return json.loads((directory / "evaluation.json").read_text())
-    directory.mkdir(parents=True, exist_ok=True)
-    if many:
-        write_config(directory / "config.toml", [config], final / "config.toml")
-    session = TrainingSession(config, directory)
+    if ranks is None or ranks.writes:
+        directory.mkdir(parents=True, exist_ok=True)
+        if many:
+            write_config(directory / "config.toml", [config], final / "config.toml")
+    session = TrainingSession(config, directory, ranks)
     compile_seconds = session.loop(checkpoint_every, on_iteration)
-    return session.finish(compile_seconds, final)
+    if ranks is not None and not ranks.writes:  # rank 0 alone evaluates and writes; wait for it
+        ranks.wait()
+        return {}
+    report = session.finish(compile_seconds, final)
+    if ranks is not None:
+        ranks.wait()
+    return report
 
 
 class TrainingSession:
@@ -308,8 +324,9 @@ class TrainingSession:
     iterations; ``loop`` trains to ``config.iterations``; ``finish`` evaluates and writes the reports.
     """
 
-    def __init__(self, config: TrainConfig, directory: Path) -> None:
+    def __init__(self, config: TrainConfig, directory: Path, ranks: scaleout.Ranks | None = None) -> None:
         self.config, self.directory = config, directory
+        self.writes = ranks is None or ranks.writes  # under torchrun only rank 0 writes
         self.distribution = get_distribution(config.task)
         self.resume_path = directory / checkpoint.RESUME_FILE
         state = checkpoint.load(self.resume_path) if self.resume_path.is_file() else None
@@ -326,9 +343,14 @@ class TrainingSession:
             checkpoint.restore_optimizer_and_rng(state, self.learner, config.backend, self.meta_env.rng)
         self.start = state.iteration if state else 0
         self.resumed_after_training = state is not None and state.iteration == config.iterations
-        self.step = _iteration_fn(config, self.learner, self.meta_env, self.distribution, self.start)
+        if ranks is None:
+            self.step = _iteration_fn(config, self.learner, self.meta_env, self.distribution, self.start)
+        else:  # this rank's slice of the tasks (ssm_metarl/scaleout.py)
+            self.step = ranks.iteration_fn(self.learner, self.meta_env, config.meta_batch, config.episodes)
 
     def save_state(self, iteration: int) -> None:
+        if not self.writes:
+            return
         checkpoint.save(self.resume_path, checkpoint.capture(
             self.learner, self.config.backend, canonical_weights(self.learner), iteration, self.meta_env.rng,
             self.metrics, dataclasses.asdict(self.config)))
@@ -341,7 +363,7 @@ class TrainingSession:
         config = self.config
         compile_before = jax_compile_seconds() if config.backend == "jax" else 0.0
         progress = tqdm(range(self.start, config.iterations), desc=f"{config.task} ({config.backend})", unit="it",
-                        initial=self.start, total=config.iterations, bar_format=BAR_FORMAT)
+                        initial=self.start, total=config.iterations, bar_format=BAR_FORMAT, disable=not self.writes)
         with deferred_interrupt() as stop:
             for iteration in progress:
                 started = time.perf_counter()

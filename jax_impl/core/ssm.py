@@ -180,32 +180,55 @@ class SSM(nnx.Module):
 
     # ------------------------------------------------------------- checks
     def _check_input(self, x: Array, ranks: tuple[int, ...]) -> Array:
-        if not isinstance(x, (jax.Array, jax.core.Tracer)) and not hasattr(x, "__array__"):
-            raise TypeError(f"input must be an array, got {type(x).__name__}")
-        x = jnp.asarray(x) if not isinstance(x, jax.core.Tracer) else x
+        x = as_array("input", x)
         check_rank_and_width("input", x.shape, ranks, self.config.input_dim, "input_dim")
+        if x.ndim == 3 and x.shape[1] == 0:
+            raise ValueError(f"input: expected at least one time step, got shape {tuple(x.shape)}")
         self._check_dtype("input", x)
         check_finite("input", x)
-        return x
+        return to_jax(x)
 
     def _check_dtype(self, name: str, x: Array) -> None:
         if x.dtype != self.nu_log.dtype:
             raise TypeError(f"{name} must have dtype {self.nu_log.dtype} (the model's), got {x.dtype}")
 
     def _check_state(self, state: Array, batch: int) -> Array:
-        state = state if isinstance(state, jax.core.Tracer) else jnp.asarray(state)
+        state = as_array("state", state)
         check_shape("state", state.shape, (batch, self.config.state_dim))
         self._check_dtype("state", state)
         check_finite("state", state)
-        return state
+        return to_jax(state)
 
     def _state_or_zeros(self, state: Array | None, batch: int) -> Array:
         return self.init_state(batch) if state is None else self._check_state(state, batch)
 
     def _check_starts(self, starts: Array, shape: tuple[int, ...]) -> Array:
-        starts = starts if isinstance(starts, jax.core.Tracer) else jnp.asarray(starts)
+        starts = as_array("starts", starts)
         check_shape("starts", starts.shape, shape)
-        return starts.astype(self.nu_log.dtype)
+        if not isinstance(starts, jax.core.Tracer):
+            values = np.asarray(starts)
+            if not ((values == 0) | (values == 1)).all():
+                bad = values[~((values == 0) | (values == 1))]
+                raise ValueError(f"starts must hold only 0 or 1 (1 where an episode starts), got {bad.ravel()[0]!r}")
+        return to_jax(starts).astype(self.nu_log.dtype)
+
+
+def type_name(value: object) -> str:
+    """``torch.Tensor`` rather than ``Tensor``: the module-qualified name of a non-builtin type."""
+    kind = type(value)
+    root = kind.__module__.split(".")[0]
+    return kind.__qualname__ if root == "builtins" else f"{root}.{kind.__qualname__}"
+
+
+def as_array(name: str, x: object) -> Array | np.ndarray:
+    """A jax array, tracer or numpy array as it is (no cast: its dtype is checked as given); else ``TypeError``."""
+    if not isinstance(x, (jax.Array, jax.core.Tracer, np.ndarray)):
+        raise TypeError(f"{name}: expected a jax or numpy array, got {type_name(x)}")
+    return x
+
+
+def to_jax(x: Array | np.ndarray) -> Array:
+    return x if isinstance(x, (jax.Array, jax.core.Tracer)) else jnp.asarray(x)
 
 
 def check_finite(name: str, x: Array) -> None:
