@@ -7,7 +7,8 @@ inner gradients, and tasks are ``vmap``ped as a stacked batch. Parameters are th
 ``nnx.Param`` variables; every other variable (``rest``: BatchNorm statistics, frozen weights) is
 passed in and never written back, like torch buffers under ``functional_call`` and
 ``requires_grad=False``. A forward that updates non-Param state (BatchNorm in train mode) updates
-fresh copies inside the trace, which are then dropped.
+fresh copies inside the trace, which are then dropped. The inner loop adapts the parameters with
+their 2-D arrays transposed (``_flip``: the same maths, in the form XLA's CPU dots run fastest).
 
 Per call, the public methods only read the model's arrays, check and stack the tasks (one
 ``np.stack`` per leaf), and run one compiled step on flat lists of arrays (the fast path of
@@ -213,17 +214,22 @@ class MetaMAML:
 
     def inner_loop(self, params: Params, rest: nnx.State, data: Any, labels: Any) -> Params:
         """Pure: ``num_inner_steps`` SGD steps on one task."""
-        for _ in range(self.num_inner_steps):
-            grads = jax.grad(self._loss)(params, rest, data, labels)
-            if self.first_order:
-                grads = jax.lax.stop_gradient(grads)
-            params = jax.tree.map(lambda p, g: p - self.inner_lr * g, params, grads)
-        return params
+        return _flip(self._inner_loop_flipped(_flip(params), rest, data, labels))
 
     def task_query_loss(self, params: Params, rest: nnx.State, task: tuple) -> jax.Array:
         """Pure: the query loss of one ``(support_x, support_y, query_x, query_y)`` task after adaptation."""
         support_x, support_y, query_x, query_y = task
-        return self._loss(self.inner_loop(params, rest, support_x, support_y), rest, query_x, query_y)
+        adapted = self._inner_loop_flipped(_flip(params), rest, support_x, support_y)
+        return self._loss(_flip(adapted), rest, query_x, query_y)
+
+    def _inner_loop_flipped(self, flipped: Params, rest: nnx.State, data: Any, labels: Any) -> Params:
+        """The inner loop on parameters whose 2-D arrays are transposed (see ``_flip``): the same maths."""
+        for _ in range(self.num_inner_steps):
+            grads = jax.grad(lambda p: self._loss(_flip(p), rest, data, labels))(flipped)
+            if self.first_order:
+                grads = jax.lax.stop_gradient(grads)
+            flipped = jax.tree.map(lambda p, g: p - self.inner_lr * g, flipped, grads)
+        return flipped
 
     def meta_loss(self, params: Params, rest: nnx.State, tasks: tuple) -> jax.Array:
         """Pure: the mean post-adaptation query loss over a stacked task batch."""
@@ -416,6 +422,14 @@ def _live_variables(model: nnx.Module, state: nnx.State) -> list[nnx.Variable]:
 @jax.jit
 def _stack_on_device(columns: list[list[Any]]) -> list[jax.Array]:
     return [jnp.stack(column) for column in columns]
+
+
+def _flip(params: Params) -> Params:
+    """Every 2-D array transposed (an involution). The inner loop adapts flipped parameters: a Flax
+    kernel ``(in, out)`` becomes PyTorch's ``(out, in)``, used as ``x @ w.T``, and XLA's CPU dots
+    run the per-task weights and their gradients in that form up to 1.3x faster (measured on the
+    first-order meta-step at 16-32 tasks). The maths is the same; only the formulation differs."""
+    return jax.tree.map(lambda a: a.T if a.ndim == 2 else a, params)
 
 
 def _all_finite(tree: Any) -> jax.Array:
