@@ -20,7 +20,7 @@ def save_weights(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray]
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save weights: directory {str(path.parent)!r} does not exist")
-    arrays = {name: np.ascontiguousarray(np.asarray(value)) for name, value in tensors.items()}
+    arrays = {name: np.asarray(value, order="C") for name, value in tensors.items()}  # keeps 0-d arrays 0-d
     metadata = {"format": FORMAT, "config": json.dumps(dict(config), sort_keys=True)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -119,3 +119,12 @@ def test_config_is_stored_in_metadata(tmp_path):
     assert config == model.config.to_dict()
     check_layout(tensors, {k: v.shape for k, v in params_of(TORCH, model).items()})
     json.dumps(config)
+
+
+def test_scalars_and_non_contiguous_arrays_keep_their_shape(tmp_path):
+    """0-d arrays (an optimizer's step count) stay 0-d; np.ascontiguousarray would make them (1,)."""
+    tensors = {"count": np.asarray(np.int32(7)), "w": np.arange(6.0).reshape(2, 3).T}
+    save_weights(tmp_path / "w.safetensors", tensors, {})
+    loaded, _ = load_weights(tmp_path / "w.safetensors")
+    assert loaded["count"].shape == () and int(loaded["count"]) == 7
+    np.testing.assert_array_equal(loaded["w"], tensors["w"])
