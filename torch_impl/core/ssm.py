@@ -132,7 +132,12 @@ class SSM(nn.Module):
         starts: torch.Tensor | None = None,
         mode: ScanMode = "sequential",
     ) -> torch.Tensor:
-        """Every hidden state ``h_1 .. h_T`` of the sequence, ``(B, T, S)``."""
+        """Every hidden state ``h_1 .. h_T`` of the sequence, ``(B, T, S)``.
+
+        ``mode="parallel"`` computes all steps at once: without ``starts`` (and while ``S * T * T`` is at
+        most ``TOEPLITZ_MAX_ELEMENTS``) as one product with the matrix of decay powers
+        (:func:`toeplitz_scan`), otherwise with the Hillis-Steele scan (:func:`parallel_scan`).
+        """
         self._check_input(xs, ranks=(3,))
         batch, length = xs.shape[:2]
         state = self._state_or_zeros(state, batch)

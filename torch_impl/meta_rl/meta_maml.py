@@ -103,6 +103,8 @@ class MetaMAML:
             raise ValueError("model has no parameters with requires_grad=True; expected at least one to meta-train")
         self.optimizer = torch.optim.Adam(self.trainable_parameters().values(), lr=outer_lr)
         self._compiled: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+        self._buffer_names: frozenset[str] = frozenset()
+        self.rest()
 
     @property
     def inner_lr(self) -> float:
@@ -126,7 +128,9 @@ class MetaMAML:
     def rest(self) -> Params:
         """Everything the forward needs besides the trainable parameters: frozen parameters and buffers."""
         rest = {name: p.detach() for name, p in self.model.named_parameters() if not p.requires_grad}
-        rest.update(dict(self.model.named_buffers()))
+        buffers = dict(self.model.named_buffers())
+        self._buffer_names = frozenset(buffers)  # read by the traced maths, refreshed at every public call
+        rest.update(buffers)
         return rest
 
     # ------------------------------------------------------ pure functions (the maths, defined once)
@@ -266,10 +270,6 @@ class MetaMAML:
         return float(loss)
 
     # ------------------------------------------------------------ running the maths
-    @property
-    def _buffer_names(self) -> frozenset[str]:
-        return frozenset(name for name, _ in self.model.named_buffers())
-
     def _compiled_step(self, batch: Any) -> Callable:
         """The compiled ``meta_step`` for this batch's signature (compiled on first use, LRU-bounded).
 
