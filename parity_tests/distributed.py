@@ -275,7 +275,9 @@ def torch_fault_worker(out: Path, scenario: str) -> None:
     except WorkerFailure as err:
         outcome = f"WorkerFailure: {err}"
     (out / f"fault_rank{rank}.txt").write_text(f"{time.monotonic() - start:.3f}\n{outcome}")
-    sys.exit(3 if outcome.startswith("WorkerFailure") else 0)
+    # After a failed collective the process group is broken and gloo's teardown aborts (SIGABRT), so a
+    # worker leaves with os._exit, as `ssm-metarl` does on WorkerFailure.
+    os._exit(3 if outcome.startswith("WorkerFailure") else 0)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -277,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"ssm-metarl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if type(err).__name__ != "WorkerFailure":  # either backend's; checked by name so no backend is imported
+            raise
+        # A peer died or hung: the process group is broken, and gloo's teardown would abort; leave at once.
+        print(f"ssm-metarl {args.command}: error: {err}", file=sys.stderr, flush=True)
+        os._exit(3)
 
 
 if __name__ == "__main__":
