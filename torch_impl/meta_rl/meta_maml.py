@@ -101,7 +101,8 @@ class MetaMAML:
         self.compile = compile
         if not self.trainable_parameters():
             raise ValueError("model has no parameters with requires_grad=True; expected at least one to meta-train")
-        self.optimizer = torch.optim.Adam(self.trainable_parameters().values(), lr=outer_lr)
+        # foreach: one dispatch per Adam operation for all parameters (the same arithmetic as the loop)
+        self.optimizer = torch.optim.Adam(self.trainable_parameters().values(), lr=outer_lr, foreach=True)
         self._compiled: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
         self._buffer_names: frozenset[str] = frozenset()
         self.rest()
@@ -236,9 +237,9 @@ class MetaMAML:
                                  f"on {p.device}, got {got}")
         if not _all_finite(grads.values()):
             raise ValueError("apply_meta_gradient: the meta-gradient contains NaN/Inf; the model was not changed")
-        saved_params = {name: p.detach().clone() for name, p in params.items()}
-        saved_state = {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-                       for p, state in self.optimizer.state.items()}
+        saved_params = _copies(params.values())
+        state_keys = [(p, key) for p, state in self.optimizer.state.items() for key in state]
+        saved_state = _copies(self.optimizer.state[p][key] for p, key in state_keys)
         for name, p in params.items():
             p.grad = grads[name].detach()
         try:
@@ -250,10 +251,10 @@ class MetaMAML:
             self.optimizer.zero_grad(set_to_none=True)
         if failure is not None:
             with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(saved_params[name])
+                torch._foreach_copy_(list(params.values()), saved_params)
             self.optimizer.state.clear()
-            self.optimizer.state.update(saved_state)
+            for (p, key), value in zip(state_keys, saved_state, strict=True):
+                self.optimizer.state[p][key] = value
             raise ValueError(f"apply_meta_gradient: the step's resulting parameters {failure} "
                              f"(outer_lr={self.outer_lr!r} too large?); the model was not changed")
 
@@ -371,9 +372,20 @@ class MetaMAML:
 
 
 def _all_finite(tensors: Any) -> bool:
-    """One host sync for any number of tensors."""
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return bool(torch.stack(flags).all()) if flags else True
+    """One host sync for any number of tensors (``_foreach`` ops: one dispatch each, not one per tensor)."""
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return True
+    maxima = torch._foreach_max(torch._foreach_abs(tensors))  # NaN propagates through max
+    return bool(torch.stack(maxima).isfinite().all())
+
+
+def _copies(values: Any) -> list[Any]:
+    """Exact copies of a list of tensors (and non-tensors as they are), in one ``_foreach`` dispatch."""
+    values = list(values)
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    copies = iter(torch._foreach_mul([t.detach() for t in tensors], 1) if tensors else [])
+    return [next(copies) if isinstance(v, torch.Tensor) else v for v in values]
 
 
 def _signature(tree: Any) -> Any:
