@@ -210,22 +210,40 @@ def plot(runs: list[dict[str, Any]], name: str, output: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssm-metarl bench", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions (CI's smoke run)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=int, nargs="+", default=None,
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the torch contenders (and JAX, with its CUDA build) run (default: cpu)")
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=None,
                         help="thread counts, each in its own process (default: 1 and all cores)")
     parser.add_argument("--compile", choices=["lowest", "all", "none"], default="lowest",
                         help="which thread setting runs the torch.compile contenders (default: lowest, i.e. the "
                              "1-thread process only: each shape takes 25-30 s to compile)")
     parser.add_argument("--no-compile", action="store_true", help="same as --compile none")
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="run only these cases")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES),
+                        help="run only these cases (default: all)")
     parser.add_argument("--name", default=None, help="results file stem (default: full or quick)")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help=f"directory for NAME.json, NAME.md and the plots (default: {RESULTS})")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--compile-here", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-memory-here", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     threads = args.threads or sorted({1, os.cpu_count() or 1})
     if args.worker is not None:

@@ -38,3 +38,15 @@ def test_every_option_has_a_help_line_that_shows_its_default(command):
 
 def test_positional_arguments_are_explained():
     assert "checkpoint.safetensors" in subparsers()["evaluate"]._actions[1].help
+
+
+def test_bench_options_have_help_and_show_their_defaults():
+    """``ssm-metarl bench`` has its own parser (benchmarks/compare.py); the same rule holds there."""
+    from benchmarks.compare import build_parser as bench_parser
+
+    for action in bench_parser()._actions:
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue
+        assert action.help and action.help.strip(), f"bench {action.option_strings} has no help"
+        if action.nargs != 0:  # flags (store_true) have no default worth showing
+            assert "default" in action.help, f"bench {action.option_strings}: {action.help!r} shows no default"
