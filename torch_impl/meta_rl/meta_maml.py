@@ -181,7 +181,7 @@ class MetaMAML:
         loop somewhere other than the model's own parameters, e.g. for a further adaptation step.
         Runs eagerly (one task: nothing to vectorise).
         """
-        self._check_pair("task", task_data, task_labels)
+        _check_finite(self._check_pair("task", task_data, task_labels))
         own = self.trainable_parameters()
         start = own if params is None else params
         missing = sorted(set(own) - set(start))
@@ -339,36 +339,46 @@ class MetaMAML:
 
     def _check_tasks(self, tasks: Sequence[tuple]) -> list[Task]:
         checked = check_tasks(tasks)
+        reference = next(iter(self.trainable_parameters().values()))
+        floats = []
         for i, (support_x, support_y, query_x, query_y) in enumerate(checked):
-            self._check_pair(f"task {i} support", support_x, support_y)
-            self._check_pair(f"task {i} query", query_x, query_y)
+            floats += self._check_pair(f"task {i} support", support_x, support_y, reference)
+            floats += self._check_pair(f"task {i} query", query_x, query_y, reference)
+        _check_finite(floats)
         return checked
 
-    def _check_pair(self, where: str, data: Any, labels: Any) -> None:
-        """Type, dtype, device, a shared leading (batch) size, and finite values (one host sync)."""
+    def _check_pair(self, where: str, data: Any, labels: Any,
+                    reference: torch.Tensor | None = None) -> list[tuple[str, torch.Tensor]]:
+        """Type, dtype, device and a shared leading (batch) size; returns the floating tensors, named,
+        for one finiteness check over the whole call (:func:`_check_finite`)."""
+        if reference is None:
+            reference = next(iter(self.trainable_parameters().values()))
         tensors = []
         for part, value in (("data", data), ("labels", labels)):
-            tensors += self._check_data(f"{where} {part}", value)
+            tensors += self._check_data(f"{where} {part}", value, reference)
         sizes = {name: t.shape[0] for name, t in tensors if t.dim() > 0}
         if len(set(sizes.values())) > 1:
             listed = ", ".join(f"{name}: {size}" for name, size in sizes.items())
             raise ValueError(f"{where}: data and labels must have the same leading (batch) size, got {listed}")
-        floats = [(name, t) for name, t in tensors if t.is_floating_point()]
-        if floats and not _all_finite(t for _, t in floats):
-            bad = next(name for name, t in floats if not bool(torch.isfinite(t).all()))
-            raise ValueError(f"{bad} contains NaN or Inf; expected finite values")
+        return [(name, t) for name, t in tensors if t.is_floating_point()]
 
-    def _check_data(self, name: str, value: Any) -> list[tuple[str, torch.Tensor]]:
+    def _check_data(self, name: str, value: Any, reference: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
         if isinstance(value, (tuple, list)):
-            return [item for i, v in enumerate(value) for item in self._check_data(f"{name}[{i}]", v)]
+            return [item for i, v in enumerate(value) for item in self._check_data(f"{name}[{i}]", v, reference)]
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor (or a tuple of them), got {type(value).__name__}")
-        reference = next(iter(self.trainable_parameters().values()))
         if value.device != reference.device:
             raise ValueError(f"{name} must be on device {reference.device} (the model's), got {value.device}")
         if value.is_floating_point() and value.dtype != reference.dtype:
             raise TypeError(f"{name} must have dtype {reference.dtype} (the model's), got {value.dtype}")
         return [(name, value)]
+
+
+def _check_finite(named: list[tuple[str, torch.Tensor]]) -> None:
+    """One host sync for every tensor of a call; the first non-finite one is named in the error."""
+    if named and not _all_finite(t for _, t in named):
+        bad = next(name for name, t in named if not bool(torch.isfinite(t).all()))
+        raise ValueError(f"{bad} contains NaN or Inf; expected finite values")
 
 
 def _all_finite(tensors: Any) -> bool:
