@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ssm_metarl.argtypes import positive_int
+
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = {"lengths": [16, 64, 256, 1024, 4096], "ks": [1, 5, 10], "meta_batches": [1, 4, 16, 32],
         "memory_ks": [1, 2, 4, 8], "rl": (20, 20), "reps": 20,
@@ -208,16 +210,6 @@ def plot(runs: list[dict[str, Any]], name: str, output: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ssm_metarl.runinfo import cpu_name
+
 
 @dataclasses.dataclass
 class Result:
@@ -72,16 +74,6 @@ def compile_time(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def environment(threads: int, device: str) -> dict[str, Any]:
     import flax
     import jax
@@ -92,7 +84,7 @@ def environment(threads: int, device: str) -> dict[str, Any]:
         "python": platform.python_version(), "torch": torch.__version__, "jax": jax.__version__,
         "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__,
         "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
-        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads, "device": device,
+        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "threads": threads, "device": device,
         "torch_threads": torch.get_num_threads(), "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "tf32": tf32_state(device),

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ssm_metarl.argtypes import positive_int
+
 # parity_tests.porting.rows.ROW_GROUPS, repeated so that building the parser imports neither framework.
 ROW_GROUPS = ("weights", "forward", "gradients", "adapted", "meta_gradient", "adam")
 
@@ -31,16 +33,6 @@ def shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The porting options of ``ssm-metarl parity`` (all optional: without --torch/--flax the matrix runs)."""
     group = parser.add_argument_group("your own model pair (porting kit)")
@@ -53,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--input-shape", type=shape, default=None, metavar="B,...",
                        help="shape of one input batch, in the layout both models take, e.g. 4,10,3 "
                             "(default: none; needed with --torch)")
-    group.add_argument("--int-inputs", type=positive, default=None, metavar="N",
+    group.add_argument("--int-inputs", type=positive_int, default=None, metavar="N",
                        help="integer inputs in [0, N) instead of normal noise, e.g. token ids "
                             "(default: none, normal noise)")
     group.add_argument("--rows", nargs="+", choices=ROW_GROUPS, default=list(ROW_GROUPS),
