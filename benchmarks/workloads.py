@@ -202,14 +202,8 @@ def meta_update(d: Dims, meta_batch: int, first_order: bool, device: str, skip_c
     t_stacked = tuple(torch.stack(part) for part in zip(*t_tasks, strict=True))
     if not skip_compiled:
         fresh_compile()
-    out: Contenders = {}
-    for name, mode in TORCH_MODES.items():
-        if mode["compile"] and skip_compiled:
-            out[name] = f"not run: {skip_compiled}"
-            continue
-        maml = ours_torch(torch_model(d, w, device), mode, inner_lr=INNER_LR, outer_lr=OUTER_LR,
-                          num_inner_steps=k, first_order=first_order)
-        out[name] = lambda maml=maml: maml.meta_update(t_tasks)
+    out = _our_torch_modes(d, w, device, skip_compiled, lambda maml: maml.meta_update(t_tasks),
+                           outer_lr=OUTER_LR, num_inner_steps=k, first_order=first_order)
     grad_fn = floors.torch_func_meta_grad(INNER_LR, k, first_order)
     out[names.FLOOR_EAGER.name] = _torch_floor_step(grad_fn, w, t_stacked, device)
     out[names.FLOOR_COMPILED.name] = (f"not run: {skip_compiled}" if skip_compiled else
@@ -266,6 +260,20 @@ def _jax_floor_step(params: dict, stacked: tuple, k: int, first_order: bool,
     return step, flops
 
 
+def _our_torch_modes(d: Dims, w: Any, device: str, skip_compiled: str | None, call: Callable[[Any], Any],
+                     **options: Any) -> Contenders:
+    """Our torch MetaMAML in each mode (``inner_lr=INNER_LR`` plus ``options``), ``call(maml)`` timed; a compiled
+    mode that is not run gets a row saying why."""
+    out: Contenders = {}
+    for name, mode in TORCH_MODES.items():
+        if mode["compile"] and skip_compiled:
+            out[name] = f"not run: {skip_compiled}"
+            continue
+        maml = ours_torch(torch_model(d, w, device), mode, inner_lr=INNER_LR, **options)
+        out[name] = lambda maml=maml: call(maml)
+    return out
+
+
 def adapt(d: Dims, k: int, device: str, skip_compiled: str | None = None) -> Contenders:
     """``k`` inner SGD steps on one task's support set (no meta-gradient), every contender."""
     _, j, w = twins(d, device)
@@ -273,13 +281,7 @@ def adapt(d: Dims, k: int, device: str, skip_compiled: str | None = None) -> Con
     tsx, tsy = torch.tensor(sx, device=device), torch.tensor(sy, device=device)
     if not skip_compiled:
         fresh_compile()
-    out: Contenders = {}
-    for name, mode in TORCH_MODES.items():
-        if mode["compile"] and skip_compiled:
-            out[name] = f"not run: {skip_compiled}"
-            continue
-        maml = ours_torch(torch_model(d, w, device), mode, inner_lr=INNER_LR, num_inner_steps=k)
-        out[name] = lambda maml=maml: maml.adapt(tsx, tsy)
+    out = _our_torch_modes(d, w, device, skip_compiled, lambda maml: maml.adapt(tsx, tsy), num_inner_steps=k)
     inner = floors.torch_func_inner(INNER_LR, k, first_order=False)
     tp = floors.torch_params(w, device)
     out[names.FLOOR_EAGER.name] = lambda: inner(tp, tsx, tsy)
