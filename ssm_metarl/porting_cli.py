@@ -1,5 +1,5 @@
 """``ssm-metarl parity --torch pkg.module:factory --flax pkg.module:factory --input-shape ...``: the parity
-rows on a user's own PyTorch model and Flax NNX port (the porting kit, ``parity_tests.porting``).
+rows on a user's own PyTorch model and Flax NNX port (the porting kit, ``ssm_metarl.porting``).
 
 Each factory is called as ``factory(dtype="float64")`` (or ``factory()`` if it takes no ``dtype``) and
 returns the model. Inputs are seeded normal noise of ``--input-shape`` (or integers below
@@ -19,7 +19,7 @@ from typing import Any
 
 from ssm_metarl.argtypes import positive_int
 
-# parity_tests.porting.rows.ROW_GROUPS, repeated so that building the parser imports neither framework.
+# ssm_metarl.porting.rows.ROW_GROUPS, repeated so that building the parser imports neither framework.
 ROW_GROUPS = ("weights", "forward", "gradients", "adapted", "meta_gradient", "adam")
 
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from flax import nnx
 
-    from parity_tests.porting import compare_models
+    from ssm_metarl.porting import compare_models
 
     torch_factory, flax_factory = load_factory(args.torch, "--torch"), load_factory(args.flax, "--flax")
     dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]

@@ -13,10 +13,10 @@ import torch
 from flax import nnx
 
 from examples.porting import broken_gelu, cnn, gru_policy
-from parity_tests.porting import ROW_GROUPS, compare_models, copy_torch_to_flax, find_divergence
 from shared.porting import Rule
 from ssm_metarl import cli, porting_cli
 from ssm_metarl.parity import format_table
+from ssm_metarl.porting import ROW_GROUPS, compare_models, copy_torch_to_flax, find_divergence
 
 EXAMPLES = {"gru_policy": gru_policy, "cnn": cnn}
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jax_impl.core.ssm import SSM as JaxSSM
-from parity_tests.porting import copy_flax_to_torch, copy_torch_to_flax, torch_compatible_gru_cell
-from parity_tests.porting.trees import flax_index, torch_tree
 from shared.porting import PairingError, Rule, register_rule, rules, unregister_rule
+from ssm_metarl.porting import copy_flax_to_torch, copy_torch_to_flax, torch_compatible_gru_cell
+from ssm_metarl.porting.trees import flax_index, torch_tree
 from torch_impl.core.ssm import SSM as TorchSSM
 
 F64 = torch.float64
@@ -136,7 +136,7 @@ def test_layer_norm_rms_norm_embedding(dim: int) -> None:
 @SETTINGS
 @given(st.integers(1, 5), st.booleans())
 def test_batch_norm_with_running_statistics(features: int, two_d: bool) -> None:
-    from parity_tests.porting import TorchBatchNorm
+    from ssm_metarl.porting import TorchBatchNorm
 
     t = (torch.nn.BatchNorm2d if two_d else torch.nn.BatchNorm1d)(features, dtype=F64)
     with torch.no_grad():

@@ -14,7 +14,7 @@ import torch
 from flax import nnx
 from torch import nn
 
-from parity_tests.porting import TorchBatchNorm
+from ssm_metarl.porting import TorchBatchNorm
 
 
 class TorchCNN(nn.Module):

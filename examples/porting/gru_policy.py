@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 from torch import nn
 
-from parity_tests.porting import torch_compatible_gru_cell
+from ssm_metarl.porting import torch_compatible_gru_cell
 
 OBS_DIM, HIDDEN_DIM, ACTION_DIM = 3, 8, 2
 

@@ -135,7 +135,7 @@ def gru_to_flax(tensors: Mapping[str, np.ndarray], shapes: Shapes) -> Tensors:
     flax 0.12 ``GRUCell``: ``dense_i`` (I -> 3H, bias) and ``dense_h`` (H -> 3H), both split into
     (r, z, n) like torch's packing, and n = tanh(xi_n + r * hh_n): the hidden bias of n must sit in
     ``dense_h``, inside r * (...). Stock ``nnx.GRUCell`` builds ``dense_h`` without a bias, so it
-    cannot hold torch's b_hn: give the cell a biased ``dense_h`` (``parity_tests.porting.
+    cannot hold torch's b_hn: give the cell a biased ``dense_h`` (``ssm_metarl.porting.
     torch_compatible_gru_cell``). With it the mapping is a transpose per weight, exact both ways.
     """
     extra = sorted(set(tensors) - set(GRU_TORCH))
@@ -151,7 +151,7 @@ def gru_to_flax(tensors: Mapping[str, np.ndarray], shapes: Shapes) -> Tensors:
     if "dense_h.bias" not in shapes:
         raise RuleError(
             "this nnx.GRUCell's dense_h has no bias, so torch's b_hn (inside r * (W_hn h + b_hn)) has no place "
-            "in it; build the cell with parity_tests.porting.torch_compatible_gru_cell (dense_h with a bias)"
+            "in it; build the cell with ssm_metarl.porting.torch_compatible_gru_cell (dense_h with a bias)"
         )
     return {
         "dense_i.kernel": _t(tensors["weight_ih_l0"]),

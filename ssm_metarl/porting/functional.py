@@ -20,8 +20,8 @@ import torch
 from flax import nnx
 from torch.func import functional_call
 
-from parity_tests.porting.trees import flax_index, state_to_flat, torch_tree
 from shared.porting import Plan
+from ssm_metarl.porting.trees import flax_index, state_to_flat, torch_tree
 
 LossPair = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Callable[[jax.Array, jax.Array], jax.Array]]
 Loss = str | LossPair

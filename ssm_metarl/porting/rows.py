@@ -12,9 +12,9 @@ Rows (each a ``parity_tests.matrix.Row``, at the contract's tolerances for the d
   check that they differ;
 - N meta-steps with torch.optim.Adam against optax.adam (float64 only, as in the contract).
 
-The maths (``parity_tests.porting.functional``) is independent of the MetaMAML classes; neither
+The maths (``ssm_metarl.porting.functional``) is independent of the MetaMAML classes; neither
 model's parameters or statistics change. When a forward, gradient or meta row fails, the report
-carries the first divergent layer (``parity_tests.porting.divergence``).
+carries the first divergent layer (``ssm_metarl.porting.divergence``).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import torch
 from flax import nnx
 
 from parity_tests.matrix import MUST_DIFFER, TOLERANCES, Row, row
-from parity_tests.porting.divergence import Divergence, find_divergence
-from parity_tests.porting.functional import Loss, ModelPair, losses
-from parity_tests.porting.trees import load_into_flax, plan_for, state_to_flat, torch_tree
 from shared.compare import compare_trees
 from shared.porting.pairing import Overrides
+from ssm_metarl.porting.divergence import Divergence, find_divergence
+from ssm_metarl.porting.functional import Loss, ModelPair, losses
+from ssm_metarl.porting.trees import load_into_flax, plan_for, state_to_flat, torch_tree
 
 ROW_GROUPS = ("weights", "forward", "gradients", "adapted", "meta_gradient", "adam")
 

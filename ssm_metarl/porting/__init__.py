@@ -7,10 +7,10 @@
 - :func:`torch_compatible_gru_cell`, :class:`TorchBatchNorm`: NNX layers that compute what torch's do.
 """
 
-from parity_tests.porting.divergence import Divergence, find_divergence
-from parity_tests.porting.flax_layers import TorchBatchNorm, torch_compatible_gru_cell
-from parity_tests.porting.rows import ROW_GROUPS, PortingReport, compare_models
-from parity_tests.porting.trees import copy_flax_to_torch, copy_torch_to_flax, plan_for
+from ssm_metarl.porting.divergence import Divergence, find_divergence
+from ssm_metarl.porting.flax_layers import TorchBatchNorm, torch_compatible_gru_cell
+from ssm_metarl.porting.rows import ROW_GROUPS, PortingReport, compare_models
+from ssm_metarl.porting.trees import copy_flax_to_torch, copy_torch_to_flax, plan_for
 
 __all__ = ["ROW_GROUPS", "Divergence", "PortingReport", "TorchBatchNorm", "compare_models", "copy_flax_to_torch",
            "copy_torch_to_flax", "find_divergence", "plan_for", "torch_compatible_gru_cell"]

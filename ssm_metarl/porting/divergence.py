@@ -26,11 +26,11 @@ import torch
 from flax import nnx
 from torch.func import functional_call
 
-from parity_tests.porting.hints import activation_hints, module_hints, precision_hints
-from parity_tests.porting.trees import flax_index, plan_for
 from shared.compare import compare_leaf
 from shared.porting import Plan
 from shared.porting.rules import IDENTITY
+from ssm_metarl.porting.hints import activation_hints, module_hints, precision_hints
+from ssm_metarl.porting.trees import flax_index, plan_for
 
 
 @dataclasses.dataclass

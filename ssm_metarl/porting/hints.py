@@ -73,7 +73,7 @@ def _batch_norm_hints(t: torch.nn.Module, f: nnx.BatchNorm) -> list[str]:
         hints.append(f"BatchNorm epsilon: torch {t.eps:g}, flax {f.epsilon:g}")
     if type(f) is nnx.BatchNorm:
         hints.append("stock nnx.BatchNorm updates the running variance with the biased batch variance (torch: "
-                     "unbiased, n/(n-1)) and by default uses E[x^2]-E[x]^2; parity_tests.porting.TorchBatchNorm "
+                     "unbiased, n/(n-1)) and by default uses E[x^2]-E[x]^2; ssm_metarl.porting.TorchBatchNorm "
                      "matches torch")
     return hints
 
