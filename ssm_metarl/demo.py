@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from shared.tasks import SinusoidTasks, Task
 from ssm_metarl.compile_time import BAR_FORMAT, jax_compile_seconds
+from ssm_metarl.progress import progress as bar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +110,7 @@ def run(config: DemoConfig, output: Path | None = None) -> dict[str, Any]:
     untrained = evaluate(learner, held_out)
     compile_before = jax_compile_seconds() if config.backend == "jax" else 0.0
     start = time.perf_counter()
-    progress = tqdm(range(config.iterations), desc=f"meta-training ({config.backend})", unit="it",
+    progress = bar(range(config.iterations), desc=f"meta-training ({config.backend})", unit="it",
                     bar_format=BAR_FORMAT)
     for _ in progress:
         loss = learner.meta_update(tasks.sample(config.meta_batch, rng))
