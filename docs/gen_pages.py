@@ -105,6 +105,23 @@ def bandit() -> str:
     ])
 
 
+def demo() -> str:
+    """``ssm-metarl demo`` in each backend: held-out query MSE before and after one adaptation step."""
+    lines = ["| backend | model | before adaptation | after 1 step |", "|---|---|---|---|"]
+    runs = [load(f"demo_{backend}/demo.json") for backend in ("torch", "jax")]
+    for r in runs:
+        for key, label in (("untrained", "untrained"), ("meta_trained", "meta-trained")):
+            lines.append(f"| {r['config']['backend']} | {label} | {r[key]['before_adaptation']:.2f} | "
+                         f"{r[key]['after_adaptation']:.2f} |")
+    run = runs[0]["run"]
+    lines += ["", f"Held-out query MSE on 20 fixed sinusoid tasks after {runs[0]['config']['iterations']} "
+              f"meta-iterations; training took " + " and ".join(
+                  f"{r['train_seconds']:.0f} s ({r['config']['backend']})" for r in runs)
+              + f" on a {_machine(run)}. Source: `benchmarks/results/demo_*/demo.json` "
+              "(`ssm-metarl demo --backend B --output benchmarks/results/demo_B`)."]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- benchmarks
 def _run_line(payload: dict[str, Any], name: str) -> str:
     env = payload["runs"][0]["environment"]
@@ -256,7 +273,8 @@ def parity_worst() -> str:
 
 
 GENERATORS: dict[str, Callable[[], str]] = {
-    "default-run": default_run, "nav2d-seeds": nav2d_seeds, "bandit": bandit, "benchmark-runs": benchmark_runs,
+    "default-run": default_run, "demo": demo, "nav2d-seeds": nav2d_seeds, "bandit": bandit,
+    "benchmark-runs": benchmark_runs,
     "benchmarks-full": benchmarks_full, "benchmarks-meta-update": benchmarks_meta_update,
     "best-against-best": best_against_best, "metamaml-modes": metamaml_modes, "scan-ratios": scan_ratios,
     "scaling": scaling, "scaling-summary": scaling_summary,
