@@ -50,7 +50,7 @@ def _pm(stat: dict[str, float]) -> str:
 
 def _machine(run: dict[str, Any]) -> str:
     m = run.get("machine", {})
-    return f"{m.get('cpu_count', '?')}-core {m.get('cpu', 'CPU')}, {m.get('torch_threads', '?')} torch threads"
+    return f"{m.get('cpu_count', '?')}-core {m.get('cpu', 'CPU')} (torch threads: {m.get('torch_threads', '?')})"
 
 
 # --------------------------------------------------------------------------- MAML-RL runs
