@@ -53,6 +53,11 @@ def _machine(run: dict[str, Any]) -> str:
     return f"{m.get('cpu_count', '?')}-core {m.get('cpu', 'CPU')} (torch threads: {m.get('torch_threads', '?')})"
 
 
+def _without_output(command: str) -> str:
+    """A recorded command without its ``--output DIR`` (where a run was written does not change it)."""
+    return re.sub(r" --output \S+", "", command)
+
+
 # --------------------------------------------------------------------------- MAML-RL runs
 def default_run() -> str:
     """The default ``ssm-metarl train`` run: held-out returns after 0-3 inner steps and the Adapter."""
@@ -62,11 +67,12 @@ def default_run() -> str:
     return "\n".join([
         "| held-out return (" + str(e["after_0_steps"]["n"]) + " goals) | " + " | ".join(s for _, s in STAGES) + " |",
         "|---" * (len(STAGES) + 1) + "|",
-        f"| `{run['command']}` ({cfg['backend']}) | " + " | ".join(_pm(e[k]) for k, _ in STAGES) + " |",
+        f"| `{_without_output(run['command'])}` ({cfg['backend']}) | " + " | ".join(_pm(e[k]) for k, _ in STAGES)
+        + " |",
         "",
         f"{cfg['task']}, {cfg['iterations']} meta-iterations, seed {cfg['seed']}, meta-batch {cfg['meta_batch']} "
-        f"tasks × {cfg['episodes']} episodes; {e['train_seconds']:.0f} s of training on a {_machine(run)} "
-        f"(torch {run['torch']}). One inner step gains {gain:.1f} in return. ± is the standard error over "
+        f"tasks × {cfg['episodes']} episodes; {e['train_seconds']:.0f} s of training on a {_machine(run)}, "
+        f"torch {run['torch']}. One inner step gains {gain:.1f} in return. ± is the standard error over "
         "the held-out tasks. Source: `benchmarks/results/default_run/evaluation.json`.",
     ])
 

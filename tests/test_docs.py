@@ -55,3 +55,16 @@ def test_readme_is_a_front_door() -> None:
         assert word not in readme.lower(), word
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):
         assert (ROOT / link).exists(), link
+
+
+def test_the_default_run_shown_is_the_current_default_configuration() -> None:
+    import dataclasses
+    import json
+
+    from ssm_metarl.train import TrainConfig
+
+    shown = json.loads((ROOT / "benchmarks" / "results" / "default_run" / "evaluation.json").read_text())["config"]
+    defaults = dataclasses.asdict(TrainConfig())
+    differing = {k: (v, defaults[k]) for k, v in shown.items()
+                 if k in defaults and defaults[k] is not None and v != defaults[k]}
+    assert not differing, f"the committed default run was made with other settings: {differing}"
