@@ -1,4 +1,4 @@
-"""Print the headline tables of a ``compare.py`` result file (the tables the README quotes).
+"""Print the headline tables of a ``compare.py`` result file (the tables the Benchmarks page shows).
 
 ``python -m benchmarks.headline benchmarks/results/full.json``
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from shared.tasks import SinusoidTasks, Task
 from ssm_metarl.compile_time import BAR_FORMAT, jax_compile_seconds
+from ssm_metarl.progress import progress as bar
+from ssm_metarl.runinfo import run_info
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +111,7 @@ def run(config: DemoConfig, output: Path | None = None) -> dict[str, Any]:
     untrained = evaluate(learner, held_out)
     compile_before = jax_compile_seconds() if config.backend == "jax" else 0.0
     start = time.perf_counter()
-    progress = tqdm(range(config.iterations), desc=f"meta-training ({config.backend})", unit="it",
+    progress = bar(range(config.iterations), desc=f"meta-training ({config.backend})", unit="it",
                     bar_format=BAR_FORMAT)
     for _ in progress:
         loss = learner.meta_update(tasks.sample(config.meta_batch, rng))
@@ -118,8 +119,8 @@ def run(config: DemoConfig, output: Path | None = None) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
     compile_seconds = jax_compile_seconds() - compile_before if config.backend == "jax" else None
     trained = evaluate(learner, held_out)
-    result = {"config": dataclasses.asdict(config), "untrained": untrained, "meta_trained": trained,
-              "train_seconds": train_seconds}
+    result = {"run": run_info(config.backend), "config": dataclasses.asdict(config), "untrained": untrained,
+              "meta_trained": trained, "train_seconds": train_seconds}
     if config.backend == "jax":
         result["compile_seconds"] = compile_seconds
         print(f"meta-training took {train_seconds:.1f} s, of which {result['compile_seconds']:.1f} s were JAX "

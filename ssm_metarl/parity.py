@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from parity_tests.matrix import CASES, Row, Sizes, run_matrix
+from ssm_metarl.runinfo import run_info
 
 NOT_APPLICABLE = "n/a (float64 only)"
 
@@ -49,7 +50,8 @@ def run(dtypes: list[str], sizes: Sizes, output: Path | None) -> int:
           + (f", {len(not_applicable)} case(s) {NOT_APPLICABLE}" if not_applicable else ""))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        report = {"sizes": sizes.__dict__, "rows": [r.to_dict() for r in rows],
+        report = {"run": run_info("torch"), "dtypes": dtypes, "sizes": sizes.__dict__,
+                  "rows": [r.to_dict() for r in rows],
                   "not_applicable": [{"quantity": q, "dtype": d, "result": NOT_APPLICABLE} for q, d in not_applicable]}
         tmp = output.with_name(f".{output.name}.tmp")
         tmp.write_text(json.dumps(report, indent=2))

@@ -119,4 +119,4 @@ def connect() -> Ranks | None:
 def check_backend(ranks: Ranks | None, backends: list[str]) -> None:
     if ranks is not None and any(b != "torch" for b in backends):
         raise ValueError("torchrun runs the torch backend (--backend torch); the JAX backend scales over the "
-                         "devices of a jax.sharding.Mesh (jax_impl.meta_rl.distributed), see README 'Scaling out'")
+                         "devices of a jax.sharding.Mesh (jax_impl.meta_rl.distributed; docs/guides/scaling-out.md)")

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from shared.adaptation import AdaptationConfig
 from shared.config import from_dict, require_positive_int
@@ -32,6 +31,7 @@ from shared.weights import check_weights, load_weights, save_weights
 from ssm_metarl import checkpoint, plots, rundir, scaleout
 from ssm_metarl.compile_time import BAR_FORMAT, jax_compile_seconds
 from ssm_metarl.config_file import check_keys, dumps_toml, read_toml
+from ssm_metarl.progress import progress as bar
 from ssm_metarl.rl_loop import batches, evaluate, meta_iteration, rollout
 from ssm_metarl.runinfo import RETURN_MEANING, run_info
 
@@ -362,7 +362,7 @@ class TrainingSession:
         """
         config = self.config
         compile_before = jax_compile_seconds() if config.backend == "jax" else 0.0
-        progress = tqdm(range(self.start, config.iterations), desc=f"{config.task} ({config.backend})", unit="it",
+        progress = bar(range(self.start, config.iterations), desc=f"{config.task} ({config.backend})", unit="it",
                         initial=self.start, total=config.iterations, bar_format=BAR_FORMAT, disable=not self.writes)
         with deferred_interrupt() as stop:
             for iteration in progress:

@@ -56,9 +56,13 @@ class SSM(nnx.Module):
     """Diagonal SSM. ``__call__`` on ``(batch, input_dim)`` returns ``(batch, output_dim)``.
 
     Args:
-        state_dim, input_dim, output_dim, hidden_dim: as in ``torch_impl.SSM``.
+        state_dim: state size ``S``, as in ``torch_impl.SSM``.
+        input_dim: input width ``I``.
+        output_dim: output width ``O``.
+        hidden_dim: width ``H`` of the readout MLP.
         device: ``"cpu"``, ``"cuda"``/``"gpu"`` or a ``jax.Device``.
-        r_min, r_max: the decays are initialised uniformly in ``[r_min, r_max]``.
+        r_min: the decays are initialised uniformly in ``[r_min, r_max]``.
+        r_max: upper end of that interval.
         dtype: ``jnp.float32`` or ``jnp.float64`` (needs ``jax_enable_x64``).
         rngs: Flax random streams (default ``nnx.Rngs(0)``).
     """

@@ -64,7 +64,10 @@ class MAMLRL:
 
     Args:
         policy: an :class:`SSMPolicy` (or any module with its call signature).
-        inner_lr, outer_lr, num_inner_steps, first_order: as in :class:`MetaMAML`.
+        inner_lr: inner (adaptation) SGD step size, as in :class:`MetaMAML`.
+        outer_lr: outer Adam learning rate.
+        num_inner_steps: inner SGD steps per task.
+        first_order: drop the second-order term of the meta-gradient.
     """
 
     def __init__(self, policy: nnx.Module, inner_lr: float = 0.1, outer_lr: float = 1e-3, num_inner_steps: int = 1,

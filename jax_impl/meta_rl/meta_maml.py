@@ -53,7 +53,11 @@ class MetaMAML:
 
     Args:
         model: any ``nnx.Module``; only its ``nnx.Param`` variables are adapted and meta-trained.
-        inner_lr, outer_lr, num_inner_steps, first_order, loss_fn: as in ``torch_impl.MetaMAML``.
+        inner_lr: inner SGD step size, as in ``torch_impl.MetaMAML``.
+        outer_lr: learning rate of the outer ``optax.adam`` step.
+        num_inner_steps: inner SGD steps per task.
+        first_order: drop the second-order term (``lax.stop_gradient`` on the inner gradients).
+        loss_fn: ``loss_fn(outputs, labels) -> scalar``; default mean squared error.
     """
 
     def __init__(

@@ -41,7 +41,8 @@ class SSM(nn.Module):
         output_dim: output width ``O``.
         hidden_dim: width ``H`` of the readout MLP.
         device: where the parameters live (``"cpu"``, ``"cuda"``, a ``torch.device``).
-        r_min, r_max: the decays are initialised uniformly in ``[r_min, r_max]``.
+        r_min: the decays are initialised uniformly in ``[r_min, r_max]``.
+        r_max: upper end of that interval.
         dtype: parameter dtype (``torch.float32`` or ``torch.float64``).
     """
 

@@ -80,9 +80,13 @@ class MAMLRL:
 
     Args:
         policy: an :class:`SSMPolicy` (or any module with its call signature).
-        inner_lr, outer_lr, num_inner_steps, first_order, vectorize, compile: as in :class:`MetaMAML`
-            (defaults: the tasks vmapped, eager). ``compile=True`` compiles the meta-gradient once for
-            the run's fixed batch shape (tasks x episodes x horizon): worth it for long runs.
+        inner_lr: inner (adaptation) SGD step size, as in :class:`MetaMAML`.
+        outer_lr: outer Adam learning rate.
+        num_inner_steps: inner SGD steps per task.
+        first_order: drop the second-order term of the meta-gradient.
+        vectorize: vmap over tasks (default) or loop, as in :class:`MetaMAML`.
+        compile: compile the meta-gradient once for the run's fixed batch shape (tasks x episodes x
+            horizon): worth it for long runs (default: eager).
     """
 
     def __init__(self, policy: nn.Module, inner_lr: float = 0.1, outer_lr: float = 1e-3, num_inner_steps: int = 1,

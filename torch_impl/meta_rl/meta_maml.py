@@ -37,7 +37,7 @@ Task = tuple[Any, Any, Any, Any]
 # The number of compiled meta-gradient steps kept per MetaMAML (least recently used is dropped).
 COMPILED_CACHE_SIZE = 8
 # Modules whose second derivative torch.func.vmap gets wrong in torch 2.13 (grad of vmap of grad
-# through batch_norm / layer_norm differs from autograd by ~1e-3; see the README's MetaMAML section).
+# through batch_norm / layer_norm differs from autograd by ~1e-3; see docs/guides/meta-maml.md).
 _VMAP_SECOND_ORDER_UNSAFE = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
 
 
