@@ -185,7 +185,9 @@ def check_signature(fn: Callable[..., Any], inputs: Inputs, model: str) -> None:
     try:
         signature.bind(*inputs.args, **inputs.kwargs)
     except TypeError as err:
-        raise InputSpecError(f"{model}{signature} does not take these inputs "
+        params = ", ".join(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                           for p in signature.parameters.values())
+        raise InputSpecError(f"{model}({params}) does not take these inputs "
                              f"({', '.join(n for n, _ in inputs.named()) or 'none'}): {err}") from None
 
 
