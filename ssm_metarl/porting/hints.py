@@ -230,10 +230,10 @@ def flatten_hints(previous: Record | None, torch_in: np.ndarray, flax_in: np.nda
     """Flattening a conv's output: torch flattens (C, H, W), a channels-last port (H, W, C)."""
     if previous is None or previous.output is None or previous.output.ndim < 3:
         return []
-    out = previous.output  # torch layout (B, C, *spatial)
+    out = previous.output  # torch layout (B, C, *spatial): the shape the flattened input came from
     if torch_in.ndim != 2 or out.shape[0] != torch_in.shape[0] or np.prod(out.shape[1:]) != torch_in.shape[1]:
         return []
-    channels_last = np.moveaxis(out, 1, -1).reshape(out.shape[0], -1)
+    channels_last = np.moveaxis(torch_in.reshape(out.shape), 1, -1).reshape(out.shape[0], -1)
     if _close(flax_in, channels_last) and not _close(flax_in, torch_in):
         return [f"flatten order after a conv: torch flattens {previous.path!r}'s output as (C, H, W), the port as "
                 "(H, W, C) (channels last): move channels first before flattening (x.transpose(0, 3, 1, 2)"
@@ -250,8 +250,9 @@ def gradient_hints(module: torch.nn.Module, flax_grads: dict[str, np.ndarray],
             f = flax_grads[name]
             if t.shape != f.shape or t.ndim != 2:
                 continue
-            rows = np.flatnonzero(np.any(np.abs(f.astype(np.float64) - t.astype(np.float64)) > 0, axis=1))
-            if len(rows) and set(rows.tolist()) == {module.padding_idx}:
+            per_row = np.max(np.abs(f.astype(np.float64) - t.astype(np.float64)), axis=1)
+            pad = module.padding_idx % t.shape[0]
+            if not np.any(t[pad]) and np.any(f[pad]) and int(np.argmax(per_row)) == pad:
                 hints.append(f"Embedding padding_idx={module.padding_idx}: torch gives the padding row zero gradient "
                              "(it never trains); the port's nnx.Embed does not. Mask the padding row's gradient "
                              "(or multiply the lookup by (ids != padding_idx)) in the port")
