@@ -58,11 +58,11 @@ def test_load_pair_refuses_a_tampered_or_foreign_pair(tmp_path) -> None:
     tensors = safetensors.torch.load_file(str(tmp_path / "torch.safetensors"))
     tensors["0.bias"] = tensors["0.bias"] + 1
     safetensors.torch.save_file(tensors, str(tmp_path / "torch.safetensors"))
-    with pytest.raises(ValueError, match=r"do not map onto each other exactly .*0\.bias|0.bias"):
+    with pytest.raises(ValueError, match=r"do not map onto each other exactly .*0\.bias"):
         load_pair(porting_pairs.tanh_mlp_torch("float64"), porting_pairs.tanh_mlp_flax("float64"), tmp_path)
-    with pytest.raises(ValueError, match="saved pairing differ|saved torch tensors differ"):
+    with pytest.raises(ValueError, match=r"saved (pairing|torch tensors) differ"):
         load_pair(porting_pairs.TorchTokens(), porting_pairs.FlaxTokens(), tmp_path)
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json"):
         load_pair(torch_model, flax_model, tmp_path / "nothing")
 
 
@@ -101,9 +101,10 @@ def test_cli_loads_a_torch_checkpoint_and_runs_a_sweep(tmp_path, capsys) -> None
     assert cli.main([*argv, "--dtype", "float64", "--torch-checkpoint", str(tmp_path / "w.safetensors")]) == 0
     assert cli.main([*argv, "--precision-sweep"]) == 0
     out = capsys.readouterr().out
-    assert "| forward | 1" not in out and "verdict: no bug in float64" in out
+    assert "verdict: no bug in float64" in out
     assert json.loads((tmp_path / "r.json").read_text())["bug"] is False
-    float32_only = ["--torch", "tests.porting_pairs:float32_only_torch", "--flax", "tests.porting_pairs:float32_only_flax"]
+    float32_only = ["--torch", "tests.porting_pairs:float32_only_torch",
+                    "--flax", "tests.porting_pairs:float32_only_flax"]
     assert cli.main(["parity", *float32_only, "--inputs", "float:2x3", "--dtype", "bfloat16"]) == 2
     assert "cannot run in bfloat16" in capsys.readouterr().err
 
