@@ -116,3 +116,14 @@ def test_torch_state_is_unchanged_by_a_step_run() -> None:
     compare_models(torch_model, FlaxStepPolicy(), rng.normal(size=(2, 3, D_IN)),
                    step=StepMode(rng.normal(size=(2, HIDDEN))), rows=("forward",))
     assert all(torch.equal(v, before[k]) for k, v in torch_model.state_dict().items())
+
+
+def test_cli_step_mode_from_a_state_spec(tmp_path, capsys) -> None:
+    from ssm_metarl import cli
+
+    argv = ["parity", "--torch", "tests.porting_pairs:TorchStepPolicy", "--flax", "tests.porting_pairs:FlaxStepPolicy",
+            "--dtype", "float64", "--inputs", "float:2x3x3", "--state", "float:2x4", "--rows", "forward",
+            "--output", str(tmp_path / "r.json")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| forward: every step's output (3 steps) | float64 |" in out and "| final state after 3 steps |" in out

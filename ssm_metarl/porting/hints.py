@@ -254,8 +254,9 @@ def gradient_hints(module: torch.nn.Module, flax_grads: dict[str, np.ndarray],
             pad = module.padding_idx % t.shape[0]
             if not np.any(t[pad]) and np.any(f[pad]) and int(np.argmax(per_row)) == pad:
                 hints.append(f"Embedding padding_idx={module.padding_idx}: torch gives the padding row zero gradient "
-                             "(it never trains); the port's nnx.Embed does not. Mask the padding row's gradient "
-                             "(or multiply the lookup by (ids != padding_idx)) in the port")
+                             "(it never trains); the port's nnx.Embed does not. Stop it in the port: "
+                             "e = embed(ids); e = jnp.where((ids == padding_idx)[..., None], "
+                             "jax.lax.stop_gradient(e), e)")
     return hints
 
 
