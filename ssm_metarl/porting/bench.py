@@ -1,8 +1,10 @@
 """Time a user's own pair: forward, loss gradient, one SGD inner step and one second-order meta-step
 (``ssm-metarl bench --torch pkg.mod:factory --flax pkg.mod:factory ...``).
 
-Contenders: torch eager (``functional_call`` + ``autograd.grad``, synchronised on CUDA) and JAX ``jit``
-(``block_until_ready``). Medians and the interquartile range over ``reps`` calls after ``warmup`` calls;
+Contenders: torch eager (``functional_call`` + ``autograd.grad``), ``torch.func`` (``grad`` of the
+functional loss, nested for second order; PyTorch's floor without compilation), both synchronised on
+CUDA, and JAX ``jit`` (``block_until_ready``). ``torch.compile`` is not a contender yet. Medians and
+the interquartile range over ``reps`` calls after ``warmup`` calls;
 JAX's compile time (its first call, minus one steady call) is reported apart. The conclusion per
 workload compares each framework's best contender. Timings are for reading, never for a test.
 """
@@ -88,6 +90,25 @@ def _time(fn: Callable[[], Any], sync: Callable[[Any], Any], reps: int, warmup: 
     return first, float(median), float(q3 - q1)
 
 
+def _torch_func_workloads(pair: ModelPair, x: Inputs, y: Any, task: tuple[Any, ...]) -> dict[str, Callable[[], Any]]:
+    """The PyTorch floor: ``torch.func.grad`` of the functional loss (second order by nesting it)."""
+    params = {n: p.detach() for n, p in pair.torch_params.items()}
+    grad = torch.func.grad(pair.torch_task_loss)
+
+    def adapt(p: dict[str, torch.Tensor], a: Inputs, b: Any) -> dict[str, torch.Tensor]:
+        g = grad(p, a, b)
+        return {n: v - pair.inner_lr * g[n] for n, v in p.items()}
+
+    sx, sy, qx, qy = task
+    meta = torch.func.grad(lambda p: pair.torch_task_loss(adapt(p, sx, sy), qx, qy))
+    return {
+        "forward": lambda: pair.torch_forward(params, x)[0],
+        "gradient": lambda: grad(params, x, y),
+        "inner step": lambda: adapt(params, x, y),
+        "meta-step (second order)": lambda: meta(params),
+    }
+
+
 def bench_pair(torch_model: torch.nn.Module, flax_model: nnx.Module, inputs: Any, labels: Any = None, *,
                kwargs: dict[str, Any] | None = None, step: StepMode | None = None, reps: int = 20, warmup: int = 3,
                inner_lr: float = 0.05, device: str = "auto", overrides: Any = None, seed: int = 0) -> BenchReport:
@@ -144,11 +165,16 @@ def bench_pair(torch_model: torch.nn.Module, flax_model: nnx.Module, inputs: Any
             "meta-step (second order)": lambda: pair.jit_task_meta(pair.flax_params, *jax_task, 1),
         },
     }
+    contenders["torch.func"] = _torch_func_workloads(pair, x, y, torch_task)
     timings = []
     for contender, workloads in contenders.items():
         sync = jax_sync if contender.startswith("jax") else torch_sync
         for workload in WORKLOADS:
-            first, median, iqr = _time(workloads[workload], sync, reps, warmup)
+            try:
+                first, median, iqr = _time(workloads[workload], sync, reps, warmup)
+            except RuntimeError as err:  # e.g. an op without a functorch rule: that contender sits out
+                notes.append(f"{contender} cannot run the {workload}: {str(err).splitlines()[0]}")
+                continue
             compile_s = max(first - median / 1e3, 0.0) if contender.startswith("jax") else None
             timings.append(Timing(workload, contender, median, iqr, compile_s))
     return BenchReport(tuple(timings), dtype, (str(torch_device), str(jax_device)), tuple(notes))
