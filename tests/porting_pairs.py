@@ -66,6 +66,11 @@ class TorchStepPolicy(nn.Module):
         _, h = self.gru(obs[:, None], h[None])
         return self.head(h[0]), h[0]
 
+    def step(self, obs: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same step with nn.GRU's own state layout, (1, batch, hidden)."""
+        _, h = self.gru(obs[:, None], h)
+        return self.head(h[0]), h
+
 
 class FlaxStepPolicy(nnx.Module):
     """The port in Flax's cell convention: ``(h, obs) -> (h, action)``."""
@@ -77,6 +82,11 @@ class FlaxStepPolicy(nnx.Module):
     def __call__(self, h: jax.Array, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         h, _ = self.gru(h, obs)
         return h, self.head(h)
+
+    def step(self, obs: jax.Array, h: jax.Array, leak: float = 0.0) -> tuple[jax.Array, jax.Array]:
+        """``(obs, h) -> (action, h)``; ``leak`` > 0 is a bug between the cell and the head."""
+        h, _ = self.gru(h, obs)
+        return self.head(h + leak), h
 
 
 class TorchTokens(nn.Module):

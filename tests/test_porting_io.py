@@ -4,6 +4,7 @@ step mode with a carried state, the CLI input spec, and errors that name the mod
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,3 +128,29 @@ def test_cli_step_mode_from_a_state_spec(tmp_path, capsys) -> None:
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "| forward: every step's output (3 steps) | float64 |" in out and "| final state after 3 steps |" in out
+
+
+def _method_step(rng: np.random.Generator) -> StepMode:
+    # torch's step keeps nn.GRU's (1, B, H) state; the common layout (and Flax's) is (B, H).
+    return StepMode(state=rng.normal(size=(2, HIDDEN)), torch_method="step", flax_method="step",
+                    flax_convention="x_state", torch_state=(lambda h: h[None], lambda h: h[0]))
+
+
+def test_step_mode_calls_a_step_method_with_its_own_state_layout() -> None:
+    rng = np.random.default_rng(2)
+    report = compare_models(TorchStepPolicy(), FlaxStepPolicy(), rng.normal(size=(2, 3, D_IN)),
+                            step=_method_step(rng), rows=("weights", "forward", "gradients"))
+    assert report.passed, report.table()
+
+
+def test_step_mode_divergence_is_found_inside_the_step_method() -> None:
+    class Leaky(FlaxStepPolicy):
+        def step(self, obs: Any, h: Any) -> Any:
+            return super().step(obs, h, leak=1e-3)
+
+    rng = np.random.default_rng(2)
+    report = compare_models(TorchStepPolicy(), Leaky(), rng.normal(size=(2, 3, D_IN)), step=_method_step(rng),
+                            rows=("weights", "forward", "gradients"))
+    assert not report.passed
+    found = report.divergence
+    assert found is not None and (found.module, found.input_matches, found.last_match) == ("head", False, "gru")

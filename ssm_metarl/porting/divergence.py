@@ -39,7 +39,7 @@ from ssm_metarl.porting.hints import (
     precision_hints,
     rounding_hint,
 )
-from ssm_metarl.porting.io import Inputs
+from ssm_metarl.porting.io import Inputs, torch_method
 from ssm_metarl.porting.precision import numpy_to_torch, torch_to_numpy
 from ssm_metarl.porting.trees import flax_index, plan_for
 
@@ -96,7 +96,7 @@ def _first_array(value: Any) -> np.ndarray | None:
     return None
 
 
-def record_torch(model: torch.nn.Module, x: Inputs | torch.Tensor, train: bool
+def record_torch(model: torch.nn.Module, x: Inputs | torch.Tensor, train: bool, method: str | None = None
                  ) -> tuple[list[Record], dict[str, np.ndarray]]:
     """First call of every module, in completion order, and the buffers after the forward (updated
     copies: the model is unchanged)."""
@@ -117,7 +117,7 @@ def record_torch(model: torch.nn.Module, x: Inputs | torch.Tensor, train: bool
         model.train(train)
         params = dict(model.named_parameters())
         buffers = {k: v.clone() for k, v in model.named_buffers()}
-        with torch.no_grad():
+        with torch.no_grad(), torch_method(model, method):
             functional_call(model, (params, buffers), tuple(x.args), dict(x.kwargs))
     finally:
         model.train(was_training)
@@ -135,7 +135,8 @@ def _recording_class(cls: type, sink: Callable[[Any, Any, Any], None]) -> type:
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
 
 
-def record_flax(model: nnx.Module, x: Inputs | Any, train: bool) -> tuple[list[Record], dict[str, np.ndarray]]:
+def record_flax(model: nnx.Module, x: Inputs | Any, train: bool, method: str | None = None
+                ) -> tuple[list[Record], dict[str, np.ndarray]]:
     """First concrete call of every module of a copy of ``model``, and the copy's variables after the
     forward (``model`` itself is not changed)."""
     graphdef, state = nnx.split(model)
@@ -164,7 +165,7 @@ def record_flax(model: nnx.Module, x: Inputs | Any, train: bool) -> tuple[list[R
                 node.__class__ = _recording_class(original, sink)
                 swapped.append((node, original))
         x = Inputs.of(x)
-        copy(*x.args, **x.kwargs)
+        (getattr(copy, method) if method else copy)(*x.args, **x.kwargs)
     finally:
         for node, original in swapped:
             node.__class__ = original
@@ -175,6 +176,8 @@ def _aligned(torch_value: np.ndarray | None, flax_value: np.ndarray | None) -> t
     """The two activations in one layout (torch channels-first moved last when that makes them match)."""
     if torch_value is None or flax_value is None:
         return None
+    if torch_value.shape != flax_value.shape and torch_value.squeeze().shape == flax_value.squeeze().shape:
+        torch_value = torch_value.reshape(flax_value.shape)  # a one-step sequence (B, 1, H) against a cell's (B, H)
     if torch_value.shape == flax_value.shape:
         return torch_value, flax_value
     if torch_value.ndim >= 3:
@@ -186,16 +189,19 @@ def _aligned(torch_value: np.ndarray | None, flax_value: np.ndarray | None) -> t
 
 def find_divergence(torch_model: torch.nn.Module, flax_model: nnx.Module, inputs: Inputs | Any, *, tolerance: float,
                     train: bool = True, plan: Plan | None = None, flax_inputs: Inputs | None = None,
-                    device: torch.device | None = None) -> Divergence | None:
+                    device: torch.device | None = None, torch_method: str | None = None,
+                    flax_method: str | None = None) -> Divergence | None:
     """Run both models on ``inputs`` (an array, a tuple of positional arrays or an :class:`Inputs`; numpy)
     and return the first divergent module, or ``None`` if every paired module's output agrees within
     ``tolerance``. ``flax_inputs``: the Flax side's call when it differs (the step mode's conventions);
-    ``device``: where ``torch_model`` lives."""
+    ``device``: where ``torch_model`` lives; ``torch_method``/``flax_method``: call that method instead of
+    the forward (a policy's ``step``)."""
     plan = plan if plan is not None else plan_for(torch_model, flax_model)
     inputs = Inputs.of(inputs)
     torch_inputs = inputs.map(lambda a: numpy_to_torch(a, device))
-    torch_records, torch_after = record_torch(torch_model, torch_inputs, train)
-    flax_list, flax_after = record_flax(flax_model, flax_inputs if flax_inputs is not None else inputs, train)
+    torch_records, torch_after = record_torch(torch_model, torch_inputs, train, torch_method)
+    flax_list, flax_after = record_flax(flax_model, flax_inputs if flax_inputs is not None else inputs, train,
+                                        flax_method)
     flax_records = {r.path: r for r in flax_list}
     floating = [p.dtype for p in torch_model.parameters() if p.is_floating_point()]
     run_dtype = str(floating[0]).removeprefix("torch.") if floating else "float32"

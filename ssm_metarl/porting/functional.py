@@ -27,7 +27,17 @@ from flax import nnx
 from torch.func import functional_call
 
 from shared.porting import Plan
-from ssm_metarl.porting.io import Inputs, StepMode, leaves, step_inputs, step_result, structure, tree_map
+from ssm_metarl.porting.io import (
+    Inputs,
+    StepMode,
+    leaves,
+    side_state,
+    step_inputs,
+    step_result,
+    structure,
+    torch_method,
+    tree_map,
+)
 from ssm_metarl.porting.precision import numpy_to_torch, torch_to_numpy
 from ssm_metarl.porting.trees import flax_index, state_to_flat, torch_tree
 
@@ -128,12 +138,15 @@ class ModelPair:
 
     # ---------------------------------------------------------------- torch
     def _torch_call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], inputs: Inputs) -> Any:
-        if self.math_attention:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
+        method = self.step.torch_method if self.step is not None else None
+        with torch_method(self.torch_model, method):
+            if self.math_attention:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            with sdpa_kernel(SDPBackend.MATH):
-                return functional_call(self.torch_model, (params, buffers), tuple(inputs.args), dict(inputs.kwargs))
-        return functional_call(self.torch_model, (params, buffers), tuple(inputs.args), dict(inputs.kwargs))
+                with sdpa_kernel(SDPBackend.MATH):
+                    return functional_call(self.torch_model, (params, buffers), tuple(inputs.args),
+                                           dict(inputs.kwargs))
+            return functional_call(self.torch_model, (params, buffers), tuple(inputs.args), dict(inputs.kwargs))
 
     def torch_forward(self, params: dict[str, torch.Tensor], inputs: Inputs, train: bool | None = None
                       ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -146,7 +159,8 @@ class ModelPair:
                 out = self._torch_call(params, buffers, inputs)
                 _check_arrays(out, torch.Tensor, "torch model")
                 return {"output": out}, buffers
-            step, state = self.step, self.to_torch(self.step.state)
+            step = self.step
+            state = side_state(self.to_torch(step.state), step.torch_state, to_side=True)
             outputs = []
             for t in range(inputs.steps(step.time_axis)):
                 result = self._torch_call(params, buffers, step_inputs(inputs.at_step(t, step.time_axis), state,
@@ -154,7 +168,8 @@ class ModelPair:
                 out, state = step_result(result, step.torch_convention, "the torch model")
                 _check_arrays((out, state), torch.Tensor, "torch model")
                 outputs.append(out)
-            return {"output": _stack(outputs, step.time_axis, torch.stack), "state": state}, buffers
+            final = side_state(state, step.torch_state, to_side=False)
+            return {"output": _stack(outputs, step.time_axis, torch.stack), "state": final}, buffers
         finally:
             self.torch_model.train(was_training)
 
@@ -196,14 +211,17 @@ class ModelPair:
             out = module(*inputs.args, **inputs.kwargs)
             _check_arrays(out, jax.Array, "flax model")
             return {"output": out}, nnx.state(module, nnx.BatchStat)
-        step, state = self.step, x["state"]
+        step = self.step
+        state = side_state(x["state"], step.flax_state, to_side=True)
+        call_step = getattr(module, step.flax_method) if step.flax_method else module
         outputs = []
         for t in range(inputs.steps(step.time_axis)):
             call = step_inputs(inputs.at_step(t, step.time_axis), state, step.flax_convention)
-            out, state = step_result(module(*call.args, **call.kwargs), step.flax_convention, "the flax model")
+            out, state = step_result(call_step(*call.args, **call.kwargs), step.flax_convention, "the flax model")
             _check_arrays((out, state), jax.Array, "flax model")
             outputs.append(out)
-        return {"output": _stack(outputs, step.time_axis, jnp.stack), "state": state}, nnx.state(module, nnx.BatchStat)
+        final = side_state(state, step.flax_state, to_side=False)
+        return {"output": _stack(outputs, step.time_axis, jnp.stack), "state": final}, nnx.state(module, nnx.BatchStat)
 
     def jax_task_loss(self, params: nnx.State, x: dict[str, Any], y: Any) -> jax.Array:
         return self.jax_loss(self.jax_forward(params, x, self.train)[0]["output"], y)

@@ -13,9 +13,10 @@ the outputs (any pytree: an array, a tuple, a dict), and the step mode with a ca
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -127,19 +128,41 @@ class StepMode:
     ``torch_convention``/``flax_convention``: ``"x_state"`` calls ``model(*args, state, **kwargs)`` and
     expects ``(output, state)``; ``"state_x"`` calls ``model(state, *args, **kwargs)`` and expects
     ``(state, output)`` (the Flax cell convention).
+
+    ``torch_method``/``flax_method``: the method called per step (default the model's forward/``__call__``;
+    e.g. ``"step"`` for a policy whose ``forward`` runs whole sequences). ``torch_state``/``flax_state``:
+    when a side keeps the state in another layout, a pair ``(to_side, to_common)`` of functions on that
+    framework's arrays (``to_side`` maps ``state``'s layout to the side's, ``to_common`` back; they must
+    be differentiable), e.g. torch ``nn.LSTM``'s ``(h, c)`` of shape ``(1, B, H)`` against a Flax
+    carry ``(c, h)`` of shape ``(B, H)``.
     """
 
     state: Any
     time_axis: int = 1
     torch_convention: str = "x_state"
     flax_convention: str = "state_x"
+    torch_method: str | None = None
+    flax_method: str | None = None
+    torch_state: tuple[Callable[[Any], Any], Callable[[Any], Any]] | None = None
+    flax_state: tuple[Callable[[Any], Any], Callable[[Any], Any]] | None = None
 
     def __post_init__(self) -> None:
+        for side in ("torch_state", "flax_state"):
+            value = getattr(self, side)
+            if value is not None and not (isinstance(value, tuple) and len(value) == 2 and all(map(callable, value))):
+                raise TypeError(f"StepMode.{side} must be a pair (to_side, to_common) of functions, got {value!r}")
         for side in ("torch_convention", "flax_convention"):
             if getattr(self, side) not in CONVENTIONS:
                 raise ValueError(f"StepMode.{side} must be one of {CONVENTIONS}, got {getattr(self, side)!r}")
         if not isinstance(self.time_axis, int) or self.time_axis < 0:
             raise ValueError(f"StepMode.time_axis must be a non-negative int, got {self.time_axis!r}")
+
+
+def side_state(state: Any, layout: tuple[Callable[[Any], Any], Callable[[Any], Any]] | None, to_side: bool) -> Any:
+    """``state`` mapped to a side's layout (``to_side``) or back to the common one; unchanged without a layout."""
+    if layout is None:
+        return state
+    return layout[0](state) if to_side else layout[1](state)
 
 
 def step_inputs(inputs: Inputs, state: Any, convention: str) -> Inputs:
@@ -189,6 +212,22 @@ def check_signature(fn: Callable[..., Any], inputs: Inputs, model: str) -> None:
                            for p in signature.parameters.values())
         raise InputSpecError(f"{model}({params}) does not take these inputs "
                              f"({', '.join(n for n, _ in inputs.named()) or 'none'}): {err}") from None
+
+
+@contextlib.contextmanager
+def torch_method(model: torch.nn.Module, method: str | None) -> Iterator[None]:
+    """Within the block, calling ``model`` (``functional_call`` included) runs ``model.<method>``."""
+    if method is None or method == "forward":
+        yield
+        return
+    bound = getattr(model, method, None)
+    if not callable(bound):
+        raise TypeError(f"the torch model {type(model).__name__} has no method {method!r}")
+    model.forward = bound
+    try:
+        yield
+    finally:
+        del model.forward
 
 
 # --------------------------------------------------------------------------- diagnosis

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
@@ -47,6 +48,7 @@ from ssm_metarl.porting.io import (
     check_signature,
     diagnose,
     leaves,
+    side_state,
     step_inputs,
     structure,
     tree_map,
@@ -296,15 +298,30 @@ def compare_models(
                          tuple(notes), (str(torch_device), str(jax_device)), worst)
 
 
+def _step_calls(pair: ModelPair, inputs: Inputs, state: Any, t: int) -> tuple[Inputs, Inputs]:
+    """Step ``t``'s call on each side (numpy), from ``state`` in the common layout."""
+    step = pair.step
+    at = inputs.at_step(t, step.time_axis)
+    torch_state = tree_map(torch_to_numpy, side_state(pair.to_torch(state), step.torch_state, to_side=True))
+    flax_state = tree_map(np.asarray, side_state(tree_map(jnp.asarray, state), step.flax_state, to_side=True))
+    return (step_inputs(at, torch_state, step.torch_convention), step_inputs(at, flax_state, step.flax_convention))
+
+
 def _probe(pair: ModelPair, user_model: torch.nn.Module, x: Inputs, inputs: Inputs, dtype: str) -> dict[str, Any]:
     """The torch forward once, with errors that name the model, the argument and the expected shape."""
-    call = inputs if pair.step is None else step_inputs(inputs.at_step(0, pair.step.time_axis), pair.step.state,
-                                                         pair.step.torch_convention)
     name = f"torch model {type(user_model).__name__}"
-    check_signature(user_model.forward, call, name)
-    flax_call = inputs if pair.step is None else step_inputs(inputs.at_step(0, pair.step.time_axis), pair.step.state,
-                                                              pair.step.flax_convention)
-    check_signature(pair.flax_model.__call__, flax_call, f"flax model {type(pair.flax_model).__name__}")
+    flax_name = f"flax model {type(pair.flax_model).__name__}"
+    if pair.step is None:
+        check_signature(user_model.forward, inputs, name)
+        check_signature(pair.flax_model.__call__, inputs, flax_name)
+    else:
+        torch_call, flax_call = _step_calls(pair, inputs, pair.step.state, 0)
+        for model, method, call, label in ((user_model, pair.step.torch_method or "forward", torch_call, name),
+                                           (pair.flax_model, pair.step.flax_method or "__call__", flax_call,
+                                            flax_name)):
+            if not callable(getattr(model, method, None)):
+                raise TypeError(f"step mode: the {label} has no method {method!r}")
+            check_signature(getattr(model, method), call, f"{label}.{method}")
     with torch.no_grad():
         try:
             result = diagnose(pair.torch_model, lambda: pair.torch_forward(pair.torch_params, x)[0], inputs, name)
@@ -413,10 +430,10 @@ def _find(pair: ModelPair, inputs: Inputs, tolerance: float, train: bool, first_
         prefix = inputs.map(lambda a: a[(slice(None),) * step.time_axis + (slice(0, t),)])
         with torch.no_grad():
             state = _numpy(pair.torch_forward(pair.torch_params, pair.to_torch(prefix), train=train)[0]["state"])
-    at = inputs.at_step(t, step.time_axis)
-    return find_divergence(pair.torch_model, pair.flax_model, step_inputs(at, state, step.torch_convention),
-                           tolerance=tolerance, train=train, plan=pair.plan, device=pair.device,
-                           flax_inputs=step_inputs(at, state, step.flax_convention))
+    torch_call, flax_call = _step_calls(pair, inputs, state, t)
+    return find_divergence(pair.torch_model, pair.flax_model, torch_call, tolerance=tolerance, train=train,
+                           plan=pair.plan, device=pair.device, flax_inputs=flax_call,
+                           torch_method=step.torch_method, flax_method=step.flax_method)
 
 
 def localise_gradient(pair: ModelPair, x: Inputs, flax_grads: Mapping[str, np.ndarray],
@@ -424,8 +441,11 @@ def localise_gradient(pair: ModelPair, x: Inputs, flax_grads: Mapping[str, np.nd
     """Walk the modules in backward order (the reverse of the forward's completion order) and return the
     first whose own parameters' gradients differ: the backward divergence enters there."""
     with torch.no_grad():
-        records, _ = record_torch(pair.torch_model, x if pair.step is None else step_inputs(
-            x.at_step(0, pair.step.time_axis), pair.to_torch(pair.step.state), pair.step.torch_convention), pair.train)
+        if pair.step is None:
+            records, _ = record_torch(pair.torch_model, x, pair.train)
+        else:
+            call = _step_calls(pair, x.map(torch_to_numpy), pair.step.state, 0)[0]
+            records, _ = record_torch(pair.torch_model, pair.to_torch(call), pair.train, pair.step.torch_method)
     order = [r.path for r in records]
     modules = dict(pair.torch_model.named_modules())
     owned: dict[str, list[str]] = {}
