@@ -112,7 +112,7 @@ class Inputs:
     def steps(self, axis: int) -> int:
         """T, the length of every leaf's time ``axis`` (they must agree)."""
         lengths = {name: np.shape(leaf)[axis] if np.ndim(leaf) > axis else None for name, leaf in self.named()}
-        bad = {n: np.shape(self_leaf) for n, self_leaf in self.named() if lengths[n] is None}
+        bad = {name: np.shape(leaf) for name, leaf in self.named() if lengths[name] is None}
         if bad or not lengths:
             raise InputSpecError(f"step mode needs every input to have a time axis {axis}; got shapes {bad or 'none'}")
         if len(set(lengths.values())) != 1:
