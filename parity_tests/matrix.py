@@ -29,7 +29,8 @@ from jax_impl.meta_rl.native import advantages as jax_advantages
 from parity_tests.models import TORCH_DTYPES, canonical, twin_mlps, twin_ssms
 from parity_tests.tent import jax_state, torch_state, twin_tent_nets
 from shared.adaptation import AdaptationConfig
-from shared.compare import Comparison, compare_trees
+from shared.compare import compare_trees
+from shared.contract import MUST_DIFFER, TOLERANCES, Row, row
 from shared.env_runner import MetaEnvironment
 from shared.layout import flax_to_torch, torch_to_flax
 from shared.rl import to_batch
@@ -38,16 +39,6 @@ from torch_impl.adaptation.test_time_adaptation import entropy as torch_entropy
 from torch_impl.core.ssm import SSM as TorchSSM
 from torch_impl.meta_rl import maml_rl as torch_rl
 from torch_impl.meta_rl.meta_maml import MetaMAML as TorchMAML
-
-# The contract's tolerances (normwise relative error); 0 means bit-exact. None: not part of the contract.
-TOLERANCES: dict[str, dict[str, float | None]] = {
-    "float64": {"weights": 0.0, "outputs": 1e-10, "gradients": 1e-9, "adapted": 1e-9, "meta_gradient": 1e-8,
-                "meta_update": 1e-9, "adapter": 1e-9, "pg_loss": 1e-10, "rl": 1e-9},
-    "float32": {"weights": 0.0, "outputs": 1e-5, "gradients": 1e-4, "adapted": 1e-4, "meta_gradient": 1e-3,
-                "meta_update": None, "adapter": None, "pg_loss": None, "rl": None},
-}
-# Second- and first-order meta-gradients must differ by at least this (normwise), far above rounding.
-MUST_DIFFER = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,26 +56,6 @@ class Sizes:
     @property
     def dims(self) -> tuple[int, int, int, int]:
         return self.state_dim, self.input_dim, self.output_dim, self.hidden_dim
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    quantity: str
-    dtype: str
-    max_abs: float
-    rel: float
-    tolerance: float
-    passed: bool
-    comparison: Comparison | None = dataclasses.field(default=None, compare=False, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("quantity", "dtype", "max_abs", "rel", "tolerance", "passed")}
-
-
-def row(quantity: str, dtype: str, kind: str, comparison: Comparison) -> Row:
-    tol = TOLERANCES[dtype][kind]
-    assert tol is not None, f"{kind} has no {dtype} tolerance in the contract"
-    return Row(quantity, dtype, comparison.max_abs, comparison.rel, tol, comparison.passes(tol), comparison)
 
 
 def as_torch(tree: Any) -> Any:

@@ -133,8 +133,9 @@ def add_parity(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
         description=textwrap.fill("Run the parity matrix: the same weights and inputs through both backends, every "
                                   "quantity of the contract compared (max abs, normwise rel, tolerance).", 100))
-    parity.add_argument("--dtype", choices=["float64", "float32", "both"], default="both",
-                        help="precision(s) to check; float32 lists float64-only rows as n/a")
+    parity.add_argument("--dtype", choices=["float64", "float32", "both", "bfloat16", "float16"], default="both",
+                        help="precision(s) to check; float32 lists float64-only rows as n/a; bfloat16 and float16 "
+                             "for your own pair (--torch/--flax) only (default: both)")
     parity.add_argument("--state-dim", type=positive_int, default=8, help="SSM state size")
     parity.add_argument("--input-dim", type=positive_int, default=3, help="SSM input size")
     parity.add_argument("--output-dim", type=positive_int, default=2, help="SSM output size")
@@ -195,6 +196,9 @@ def run_parity(args: argparse.Namespace) -> int:
     set_high_precision()
     if args.torch is not None or args.flax is not None:  # a user's own model pair: the porting kit
         return porting_cli.run(args)
+    if args.dtype in ("bfloat16", "float16"):
+        raise ValueError(f"--dtype {args.dtype} is for your own pair (--torch/--flax); the built-in matrix runs "
+                         "float64 and float32")
     from parity_tests.matrix import Sizes
     from ssm_metarl import parity
 
@@ -230,6 +234,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"] and any(a.split("=")[0] in ("--torch", "--flax") for a in argv[1:]):
+        return porting_cli.bench_main(argv[1:])  # a user's own pair (the porting kit)
     if argv[:1] == ["bench"]:  # its own parser (benchmarks/compare.py) takes every option, --help included
         from benchmarks import compare
 

@@ -29,7 +29,18 @@ from torch.func import functional_call
 from shared.compare import compare_leaf
 from shared.porting import Plan
 from shared.porting.rules import IDENTITY
-from ssm_metarl.porting.hints import activation_hints, module_hints, precision_hints
+from ssm_metarl.porting.hints import (
+    activation_hints,
+    extra_module_hints,
+    flatten_hints,
+    lower_precision_hints,
+    module_hints,
+    pooling_hints,
+    precision_hints,
+    rounding_hint,
+)
+from ssm_metarl.porting.io import Inputs, torch_method
+from ssm_metarl.porting.precision import numpy_to_torch, torch_to_numpy
 from ssm_metarl.porting.trees import flax_index, plan_for
 
 
@@ -70,11 +81,13 @@ class Divergence:
 
 def _first_array(value: Any) -> np.ndarray | None:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy().copy()
+        return torch_to_numpy(value)
     if isinstance(value, jax.core.Tracer):
         return None
     if isinstance(value, (jax.Array, np.ndarray)):
         return np.asarray(value)
+    if isinstance(value, dict):
+        value = [value[k] for k in sorted(value, key=str)]
     if isinstance(value, (tuple, list)):
         for item in value:
             found = _first_array(item)
@@ -83,9 +96,11 @@ def _first_array(value: Any) -> np.ndarray | None:
     return None
 
 
-def record_torch(model: torch.nn.Module, x: torch.Tensor, train: bool) -> tuple[list[Record], dict[str, np.ndarray]]:
+def record_torch(model: torch.nn.Module, x: Inputs | torch.Tensor, train: bool, method: str | None = None
+                 ) -> tuple[list[Record], dict[str, np.ndarray]]:
     """First call of every module, in completion order, and the buffers after the forward (updated
     copies: the model is unchanged)."""
+    x = Inputs.of(x)
     records: dict[str, Record] = {}
     handles = []
 
@@ -102,13 +117,13 @@ def record_torch(model: torch.nn.Module, x: torch.Tensor, train: bool) -> tuple[
         model.train(train)
         params = dict(model.named_parameters())
         buffers = {k: v.clone() for k, v in model.named_buffers()}
-        with torch.no_grad():
-            functional_call(model, (params, buffers), (x,))
+        with torch.no_grad(), torch_method(model, method):
+            functional_call(model, (params, buffers), tuple(x.args), dict(x.kwargs))
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return list(records.values()), {k: v.numpy().copy() for k, v in buffers.items()}
+    return list(records.values()), {k: torch_to_numpy(v) for k, v in buffers.items()}
 
 
 def _recording_class(cls: type, sink: Callable[[Any, Any, Any], None]) -> type:
@@ -120,7 +135,8 @@ def _recording_class(cls: type, sink: Callable[[Any, Any, Any], None]) -> type:
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
 
 
-def record_flax(model: nnx.Module, x: Any, train: bool) -> tuple[list[Record], dict[str, np.ndarray]]:
+def record_flax(model: nnx.Module, x: Inputs | Any, train: bool, method: str | None = None
+                ) -> tuple[list[Record], dict[str, np.ndarray]]:
     """First concrete call of every module of a copy of ``model``, and the copy's variables after the
     forward (``model`` itself is not changed)."""
     graphdef, state = nnx.split(model)
@@ -148,7 +164,8 @@ def record_flax(model: nnx.Module, x: Any, train: bool) -> tuple[list[Record], d
                 original = type(node)
                 node.__class__ = _recording_class(original, sink)
                 swapped.append((node, original))
-        copy(x)
+        x = Inputs.of(x)
+        (getattr(copy, method) if method else copy)(*x.args, **x.kwargs)
     finally:
         for node, original in swapped:
             node.__class__ = original
@@ -159,6 +176,8 @@ def _aligned(torch_value: np.ndarray | None, flax_value: np.ndarray | None) -> t
     """The two activations in one layout (torch channels-first moved last when that makes them match)."""
     if torch_value is None or flax_value is None:
         return None
+    if torch_value.shape != flax_value.shape and torch_value.squeeze().shape == flax_value.squeeze().shape:
+        torch_value = torch_value.reshape(flax_value.shape)  # a one-step sequence (B, 1, H) against a cell's (B, H)
     if torch_value.shape == flax_value.shape:
         return torch_value, flax_value
     if torch_value.ndim >= 3:
@@ -168,14 +187,24 @@ def _aligned(torch_value: np.ndarray | None, flax_value: np.ndarray | None) -> t
     return None
 
 
-def find_divergence(torch_model: torch.nn.Module, flax_model: nnx.Module, inputs: np.ndarray, *, tolerance: float,
-                    train: bool = True, plan: Plan | None = None) -> Divergence | None:
-    """Run both models on ``inputs`` and return the first divergent module, or ``None`` if every
-    paired module's output agrees within ``tolerance``."""
+def find_divergence(torch_model: torch.nn.Module, flax_model: nnx.Module, inputs: Inputs | Any, *, tolerance: float,
+                    train: bool = True, plan: Plan | None = None, flax_inputs: Inputs | None = None,
+                    device: torch.device | None = None, torch_method: str | None = None,
+                    flax_method: str | None = None) -> Divergence | None:
+    """Run both models on ``inputs`` (an array, a tuple of positional arrays or an :class:`Inputs`; numpy)
+    and return the first divergent module, or ``None`` if every paired module's output agrees within
+    ``tolerance``. ``flax_inputs``: the Flax side's call when it differs (the step mode's conventions);
+    ``device``: where ``torch_model`` lives; ``torch_method``/``flax_method``: call that method instead of
+    the forward (a policy's ``step``)."""
     plan = plan if plan is not None else plan_for(torch_model, flax_model)
-    torch_records, torch_after = record_torch(torch_model, torch.from_numpy(np.array(inputs)), train)
-    flax_list, flax_after = record_flax(flax_model, inputs, train)
+    inputs = Inputs.of(inputs)
+    torch_inputs = inputs.map(lambda a: numpy_to_torch(a, device))
+    torch_records, torch_after = record_torch(torch_model, torch_inputs, train, torch_method)
+    flax_list, flax_after = record_flax(flax_model, flax_inputs if flax_inputs is not None else inputs, train,
+                                        flax_method)
     flax_records = {r.path: r for r in flax_list}
+    floating = [p.dtype for p in torch_model.parameters() if p.is_floating_point()]
+    run_dtype = str(floating[0]).removeprefix("torch.") if floating else "float32"
     flax_path = {pair.torch.path: pair.flax.path for pair in plan.pairs if pair.rule is not IDENTITY}
     last_match: Record | None = None
     between: list[Record] = []
@@ -199,7 +228,8 @@ def find_divergence(torch_model: torch.nn.Module, flax_model: nnx.Module, inputs
         inputs_pair = _aligned(rec.inputs, twin.inputs)
         input_diff = None if inputs_pair is None else compare_leaf(rec.path, inputs_pair[1], inputs_pair[0])
         if input_diff is None or input_diff.passes(tolerance):
-            hints = module_hints(rec, twin, inputs_pair) + precision_hints(rec, twin, torch_model)
+            hints = (module_hints(rec, twin, inputs_pair) + extra_module_hints(rec, twin, train)
+                     + precision_hints(rec, twin, torch_model) + rounding_hint(run_dtype, diff.rel))
             return Divergence(rec.path, rec.type_name, diff.max_abs, diff.rel, tolerance, True,
                               last_match.path if last_match else None, tuple(hints))
         # The input already differs: blame the torch-only module run just before, if its output is that input.
@@ -208,12 +238,17 @@ def find_divergence(torch_model: torch.nn.Module, flax_model: nnx.Module, inputs
             pair = _aligned(culprit.output, twin.inputs)
             if pair is not None:
                 culprit_diff = compare_leaf(culprit.path, pair[1], pair[0])
-                hints = activation_hints(culprit.inputs, pair[0], pair[1]) + precision_hints(rec, twin, torch_model)
+                hints = (activation_hints(culprit.inputs, pair[0], pair[1]) + pooling_hints(culprit, pair[0], pair[1])
+                         + lower_precision_hints(culprit, None) + precision_hints(rec, twin, torch_model)
+                         + rounding_hint(run_dtype, culprit_diff.rel))
                 return Divergence(culprit.path, culprit.type_name, culprit_diff.max_abs, culprit_diff.rel, tolerance,
                                   True, last_match.path if last_match else None, tuple(hints))
         hints = []
         if reference is not None and inputs_pair is not None and reference.shape == inputs_pair[0].shape:
             hints = activation_hints(reference, inputs_pair[0], inputs_pair[1])
+        if inputs_pair is not None:
+            hints += flatten_hints(last_match, inputs_pair[0], inputs_pair[1])
+        hints += rounding_hint(run_dtype, input_diff.rel)
         return Divergence(rec.path, rec.type_name, input_diff.max_abs, input_diff.rel, tolerance, False,
                           last_match.path if last_match else None,
                           tuple(hints + precision_hints(rec, twin, torch_model)))
@@ -228,7 +263,7 @@ def _statistics_divergence(torch_model: torch.nn.Module, flax_model: nnx.Module,
     """Every output agrees: do the buffers updated by the forward (BatchNorm running statistics)?"""
     if not torch_after:
         return None
-    torch_state = {name: t.detach().cpu().numpy() for name, t in torch_model.state_dict().items()}
+    torch_state = {name: torch_to_numpy(t) for name, t in torch_model.state_dict().items()}
     mapped = plan.to_torch(flax_after, torch_fill={**torch_state, **torch_after})
     for name, value in torch_after.items():
         if name not in mapped or not np.issubdtype(value.dtype, np.floating):

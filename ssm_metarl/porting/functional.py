@@ -2,6 +2,11 @@
 MAML meta-gradient, written with ``torch.func.functional_call`` + ``torch.autograd.grad`` and with
 ``nnx.split``/``nnx.merge`` + ``jax.grad`` (independent of the MetaMAML classes).
 
+A forward takes :class:`~ssm_metarl.porting.io.Inputs` (positional and keyword pytrees) and returns a
+result ``{"output": <the model's output pytree>}``; in step mode the models are called once per step
+with a carried state and the result is ``{"output": <every step's output, stacked on the time axis>,
+"state": <the final state>}``. The loss sees ``result["output"]`` only.
+
 Buffers (BatchNorm statistics) are carried functionally: fresh copies go into every forward and the
 updates come back beside the output, so neither model's statistics change. Flax trees convert to
 torch ``state_dict`` names through the pairing plan (gradients map like parameters: every rule is a
@@ -10,6 +15,7 @@ linear re-layout).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,33 +27,74 @@ from flax import nnx
 from torch.func import functional_call
 
 from shared.porting import Plan
+from ssm_metarl.porting.io import (
+    Inputs,
+    StepMode,
+    leaves,
+    side_state,
+    step_inputs,
+    step_result,
+    structure,
+    torch_method,
+    tree_map,
+)
+from ssm_metarl.porting.precision import numpy_to_torch, torch_to_numpy
 from ssm_metarl.porting.trees import flax_index, state_to_flat, torch_tree
 
-LossPair = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Callable[[jax.Array, jax.Array], jax.Array]]
+LossPair = tuple[Callable[[Any, Any], torch.Tensor], Callable[[Any, Any], jax.Array]]
 Loss = str | LossPair
 
 
+def _torch_mse(outputs: Any, labels: Any) -> torch.Tensor:
+    terms = [torch.mean((o - y) ** 2) for o, y in zip(leaves(outputs), leaves(labels), strict=True)
+             if o.is_floating_point()]
+    return torch.stack(terms).sum()
+
+
+def _jax_mse(outputs: Any, labels: Any) -> jax.Array:
+    terms = [jnp.mean((o - y) ** 2) for o, y in zip(leaves(outputs), leaves(labels), strict=True)
+             if jnp.issubdtype(o.dtype, jnp.floating)]
+    return jnp.sum(jnp.stack(terms))
+
+
 def losses(loss: Loss) -> LossPair:
+    """``"mse"``: the sum over the output's floating leaves of the mean squared error against the labels'
+    matching leaf; or ``(torch_loss, jax_loss)``, each ``(outputs, labels) -> scalar``."""
     if loss == "mse":
-        def torch_mse(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return torch.mean((outputs - labels) ** 2)
-
-        def jax_mse(outputs: jax.Array, labels: jax.Array) -> jax.Array:
-            return jnp.mean((outputs - labels) ** 2)
-
-        return torch_mse, jax_mse
+        return _torch_mse, _jax_mse
     if isinstance(loss, tuple) and len(loss) == 2 and all(callable(f) for f in loss):
         return loss
     raise TypeError(f"loss must be 'mse' or a pair (torch_loss, jax_loss) of callables (outputs, labels) -> scalar, "
                     f"got {loss!r}")
 
 
+def _stack(per_step: list[Any], axis: int, stack: Callable[..., Any]) -> Any:
+    first = per_step[0]
+    flat = [leaves(tree) for tree in per_step]
+    stacked = iter([stack([step[i] for step in flat], axis) for i in range(len(flat[0]))])
+    return tree_map(lambda _: next(stacked), first)
+
+
+def _check_arrays(tree: Any, kind: type | tuple[type, ...], name: str) -> None:
+    bad = [type(leaf).__name__ for leaf in leaves(tree) if not isinstance(leaf, kind)]
+    if bad:
+        raise TypeError(f"the {name} must return arrays in tuples, lists or dicts (None allowed); got a leaf of "
+                        f"type {bad[0]} in {structure(tree)}")
+
+
 class ModelPair:
     """Both models as pure functions of their parameters, and conversion of Flax trees to torch names."""
 
     def __init__(self, torch_model: torch.nn.Module, flax_model: nnx.Module, plan: Plan, loss: LossPair,
-                 inner_lr: float) -> None:
+                 inner_lr: float, *, train: bool = True, step: StepMode | None = None,
+                 device: torch.device | None = None, jax_device: jax.Device | None = None,
+                 math_attention: bool = False) -> None:
+        self.device = device or torch.device("cpu")
+        self.jax_device = jax_device
+        if self.device.type != "cpu":  # a copy on the device; the user's model stays where it is
+            torch_model = copy.deepcopy(torch_model).to(self.device)
         self.torch_model, self.flax_model, self.plan, self.inner_lr = torch_model, flax_model, plan, inner_lr
+        self.train, self.step, self.math_attention = train, step, math_attention
         self.torch_loss, self.jax_loss = loss
         self.param_names = [n for n, _ in torch_model.named_parameters()]
         self.torch_params = {n: p.detach().clone() for n, p in torch_model.named_parameters()}
@@ -59,10 +106,13 @@ class ModelPair:
         state_names = set(self.torch_current)
         self.buffer_names = sorted(n for n in self.torch_buffers if n in state_names and n not in torch_only)
         self.graphdefs, self.rest = {}, {}
-        for train in (True, False):
-            flax_model.train() if train else flax_model.eval()
-            self.graphdefs[train], self.flax_params, self.rest[train] = nnx.split(flax_model, nnx.Param, ...)
-        flax_model.train() if torch_model.training else flax_model.eval()
+        was_training = torch_model.training
+        for mode in (True, False):
+            flax_model.train() if mode else flax_model.eval()
+            self.graphdefs[mode], self.flax_params, self.rest[mode] = nnx.split(flax_model, nnx.Param, ...)
+        flax_model.train() if was_training else flax_model.eval()
+        if jax_device is not None:
+            self.flax_params = jax.device_put(self.flax_params, jax_device)
         # Compiled once per pair: eager JAX re-traces nnx.merge and every scan on each call (30x slower).
         self.jit_forward = jax.jit(self.jax_forward, static_argnums=2)
         self.jit_grad = jax.jit(jax.grad(self.jax_task_loss))
@@ -70,29 +120,68 @@ class ModelPair:
         # half the compile time of differentiating the mean over an unrolled list of tasks.
         self.jit_task_meta = jax.jit(jax.value_and_grad(self.jax_query_loss), static_argnums=5)
 
+    # ---------------------------------------------------------------- conversions
+    def to_torch(self, tree: Any) -> Any:
+        """numpy leaves (an :class:`Inputs`, labels or a state) -> torch tensors on the pair's device."""
+        if isinstance(tree, Inputs):
+            return tree.map(lambda a: numpy_to_torch(a, self.device))
+        return tree_map(lambda a: numpy_to_torch(a, self.device), tree)
+
+    def to_jax(self, tree: Any) -> Any:
+        """numpy leaves -> the JAX call's argument: ``Inputs`` become ``{"args", "kwargs"}`` (+ ``"state"``)."""
+        if isinstance(tree, Inputs):
+            tree = tree.as_tree()
+            if self.step is not None:
+                tree["state"] = self.step.state
+        tree = tree_map(jnp.asarray, tree)
+        return tree if self.jax_device is None else jax.device_put(tree, self.jax_device)
+
     # ---------------------------------------------------------------- torch
-    def torch_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, train: bool = True
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _torch_call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], inputs: Inputs) -> Any:
+        method = self.step.torch_method if self.step is not None else None
+        with torch_method(self.torch_model, method):
+            if self.math_attention:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                with sdpa_kernel(SDPBackend.MATH):
+                    return functional_call(self.torch_model, (params, buffers), tuple(inputs.args),
+                                           dict(inputs.kwargs))
+            return functional_call(self.torch_model, (params, buffers), tuple(inputs.args), dict(inputs.kwargs))
+
+    def torch_forward(self, params: dict[str, torch.Tensor], inputs: Inputs, train: bool | None = None
+                      ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """``inputs`` as torch tensors -> (result, the buffers after the forward)."""
         buffers = {k: v.clone() for k, v in self.torch_buffers.items()}
         was_training = self.torch_model.training
         try:
-            self.torch_model.train(train)
-            out = functional_call(self.torch_model, (params, buffers), (x,))
+            self.torch_model.train(self.train if train is None else train)
+            if self.step is None:
+                out = self._torch_call(params, buffers, inputs)
+                _check_arrays(out, torch.Tensor, "torch model")
+                return {"output": out}, buffers
+            step = self.step
+            state = side_state(self.to_torch(step.state), step.torch_state, to_side=True)
+            outputs = []
+            for t in range(inputs.steps(step.time_axis)):
+                result = self._torch_call(params, buffers, step_inputs(inputs.at_step(t, step.time_axis), state,
+                                                                       step.torch_convention))
+                out, state = step_result(result, step.torch_convention, "the torch model")
+                _check_arrays((out, state), torch.Tensor, "torch model")
+                outputs.append(out)
+            final = side_state(state, step.torch_state, to_side=False)
+            return {"output": _stack(outputs, step.time_axis, torch.stack), "state": final}, buffers
         finally:
             self.torch_model.train(was_training)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the torch model must return one tensor, got {type(out).__name__}")
-        return out, buffers
 
-    def torch_task_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.torch_loss(self.torch_forward(params, x)[0], y)
+    def torch_task_loss(self, params: dict[str, torch.Tensor], x: Inputs, y: Any) -> torch.Tensor:
+        return self.torch_loss(self.torch_forward(params, x)[0]["output"], y)
 
     def torch_grad(self, loss: torch.Tensor, params: dict[str, torch.Tensor], create_graph: bool
                    ) -> list[torch.Tensor]:
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads, strict=True)]
 
-    def torch_adapt(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
+    def torch_adapt(self, params: dict[str, torch.Tensor], x: Inputs, y: Any, steps: int,
                     create_graph: bool) -> dict[str, torch.Tensor]:
         for _ in range(steps):
             grads = self.torch_grad(self.torch_task_loss(params, x, y), params, create_graph)
@@ -103,7 +192,7 @@ class ModelPair:
         source = self.torch_params if params is None else params
         return {n: p.detach().clone().requires_grad_(True) for n, p in source.items()}
 
-    def torch_meta(self, params: dict[str, torch.Tensor], tasks: Sequence[tuple[torch.Tensor, ...]], steps: int,
+    def torch_meta(self, params: dict[str, torch.Tensor], tasks: Sequence[tuple[Any, ...]], steps: int,
                    first_order: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         losses = [self.torch_task_loss(self.torch_adapt(params, sx, sy, steps, not first_order), qx, qy)
                   for sx, sy, qx, qy in tasks]
@@ -111,18 +200,31 @@ class ModelPair:
         return meta_loss.detach(), self.torch_grad(meta_loss, params, create_graph=False)
 
     # ---------------------------------------------------------------- jax
-    def jax_forward(self, params: nnx.State, x: Any, train: bool = True) -> tuple[jax.Array, nnx.State]:
+    def jax_forward(self, params: nnx.State, x: dict[str, Any], train: bool = True) -> tuple[dict[str, Any], nnx.State]:
+        """``x`` from :meth:`to_jax` -> (result, the BatchStat state after the forward)."""
         # Fresh copies of the non-parameter state (BatchNorm statistics, RNG counters) made inside the
         # current trace: NNX refuses to update a variable created at another trace level.
         rest = jax.tree.map(jnp.array, self.rest[train])
         module = nnx.merge(self.graphdefs[train], params, rest)
-        out = module(x)
-        if not isinstance(out, jax.Array):
-            raise TypeError(f"the flax model must return one array, got {type(out).__name__}")
-        return out, nnx.state(module, nnx.BatchStat)
+        inputs = Inputs(tuple(x["args"]), x["kwargs"])
+        if self.step is None:
+            out = module(*inputs.args, **inputs.kwargs)
+            _check_arrays(out, jax.Array, "flax model")
+            return {"output": out}, nnx.state(module, nnx.BatchStat)
+        step = self.step
+        state = side_state(x["state"], step.flax_state, to_side=True)
+        call_step = getattr(module, step.flax_method) if step.flax_method else module
+        outputs = []
+        for t in range(inputs.steps(step.time_axis)):
+            call = step_inputs(inputs.at_step(t, step.time_axis), state, step.flax_convention)
+            out, state = step_result(call_step(*call.args, **call.kwargs), step.flax_convention, "the flax model")
+            _check_arrays((out, state), jax.Array, "flax model")
+            outputs.append(out)
+        final = side_state(state, step.flax_state, to_side=False)
+        return {"output": _stack(outputs, step.time_axis, jnp.stack), "state": final}, nnx.state(module, nnx.BatchStat)
 
-    def jax_task_loss(self, params: nnx.State, x: Any, y: Any) -> jax.Array:
-        return self.jax_loss(self.jax_forward(params, x)[0], y)
+    def jax_task_loss(self, params: nnx.State, x: dict[str, Any], y: Any) -> jax.Array:
+        return self.jax_loss(self.jax_forward(params, x, self.train)[0]["output"], y)
 
     def jax_adapt(self, params: nnx.State, x: Any, y: Any, steps: int, first_order: bool = False,
                   grad: Callable | None = None) -> nnx.State:
@@ -154,4 +256,4 @@ class ModelPair:
 
     def torch_named(self, values: Sequence[torch.Tensor] | dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         items = values.items() if isinstance(values, dict) else zip(self.param_names, values, strict=True)
-        return {n: v.detach().cpu().numpy() for n, v in items}
+        return {n: torch_to_numpy(v) for n, v in items}

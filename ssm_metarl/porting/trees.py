@@ -19,6 +19,7 @@ from flax import nnx
 
 from shared.porting import ModelTree, Plan, plan_pairing
 from shared.porting.pairing import Overrides
+from ssm_metarl.porting.precision import numpy_to_torch, torch_to_numpy
 
 # Flax containers whose own path segment torch does not have.
 TRANSPARENT = ((nnx.Sequential, "layers"), (nnx.RNN, "cell"))
@@ -33,7 +34,7 @@ def torch_tree(model: torch.nn.Module) -> ModelTree:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     modules = {path: mro_names(module) for path, module in model.named_modules()}
-    tensors = {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
+    tensors = {name: torch_to_numpy(t) for name, t in model.state_dict().items()}
     return ModelTree(modules, tensors)
 
 
@@ -125,7 +126,7 @@ def load_into_torch(torch_model: torch.nn.Module, tensors: Mapping[str, np.ndarr
                             f"the flax variable {np.asarray(value).dtype}")
     with torch.no_grad():
         for name, value in tensors.items():
-            state[name].copy_(torch.from_numpy(np.array(value, copy=True)))
+            state[name].copy_(numpy_to_torch(value))
 
 
 def copy_torch_to_flax(torch_model: torch.nn.Module, flax_model: nnx.Module, *, overrides: Overrides = None) -> Plan:
