@@ -164,7 +164,7 @@ def test_same_shaped_siblings_pair_in_definition_order_and_are_flagged() -> None
         in text, text
     assert "decoder -> alpha" in text and "readout -> out" in text and "[only fit by shape" in text
     np.testing.assert_array_equal(np.asarray(f.alpha.kernel[...]), t.decoder.weight.detach().numpy().T)
-    with pytest.raises(PairingError, match="did you mean|it fits flax"):
+    with pytest.raises(PairingError, match=r"did you mean|it fits flax"):
         copy_torch_to_flax(t, f, auto=False)
 
 
@@ -197,7 +197,7 @@ def test_override_tables_cover_families_of_paths(table: str) -> None:
 
 
 def test_override_table_errors_name_the_row() -> None:
-    with pytest.raises(ValueError, match="unknown rule name 'lineer'.*known"):
+    with pytest.raises(ValueError, match=r"unknown rule name 'lineer'.*known"):
         regex_table([("a", "b", "lineer")])
     with pytest.raises(ValueError, match="not a regular expression"):
         regex_table([("(", "b")])

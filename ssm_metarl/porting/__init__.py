@@ -14,8 +14,14 @@ from ssm_metarl.porting.trees import copy_flax_to_torch, copy_torch_to_flax, pla
 
 __all__ = ["ROW_GROUPS", "Divergence", "PortingReport", "TorchBatchNorm", "compare_models", "copy_flax_to_torch",
            "copy_torch_to_flax", "find_divergence", "plan_for", "torch_compatible_gru_cell"]
-from ssm_metarl.porting.flax_layers import (OffsetRMSNorm, TorchRNN, torch_compatible_attention,  # noqa: E402
-                                            torch_compatible_lstm_cell, torch_compatible_multihead_attention,
-                                            torch_compatible_rnn)
+from ssm_metarl.porting.flax_layers import (
+           OffsetRMSNorm,
+           TorchRNN,
+           torch_compatible_attention,
+           torch_compatible_lstm_cell,
+           torch_compatible_multihead_attention,
+           torch_compatible_rnn,
+)
+
 __all__ += ["OffsetRMSNorm", "TorchRNN", "torch_compatible_attention", "torch_compatible_lstm_cell",
             "torch_compatible_multihead_attention", "torch_compatible_rnn"]
