@@ -9,7 +9,7 @@ pairs and only where the rule maps the torch tensors onto exactly the Flax shape
    *suffix* of tokens, so leading segments one side lacks (``model.``) drop out. A pair is taken when
    each side is the other's unique best match.
 2. *Shape and order within a module.* Parents correspond when paired children say so (``model.layers.0``
-   <-> ``layers.0``). Within corresponding parents, a torch layer that fits exactly one Flax layer
+   <-> ``layers.0``), else by the same (canonical) path. Within corresponding parents, a torch layer that fits exactly one Flax layer
    pairs with it; several that fit alike pair in definition order (flagged "check it" in the plan).
 
 ``Plan.describe()`` prints every pair found here, with how it was found.
@@ -117,7 +117,14 @@ def auto_pairs(torch_tree: Any, flax_tree: Any, torch_units: Mapping[str, Unit],
         for depth in range(1, min(len(t_parts), len(f_parts)) + 1):
             votes.setdefault(".".join(t_parts[:-depth]), Counter())[".".join(f_parts[:-depth])] += 1
     parents = {t: counter.most_common(1)[0][0] for t, counter in votes.items()}
-    parents.setdefault("", "")
+    by_canonical: dict[tuple[str, ...], list[str]] = {}
+    for f in flax_tree.modules:
+        by_canonical.setdefault(canonical(f), []).append(f)
+    for t in torch_tree.modules:  # otherwise: the same path, or the one module with the same canonical path
+        if t not in parents:
+            same = [t] if t in flax_tree.modules else by_canonical.get(canonical(t), [])
+            if len(same) == 1:
+                parents[t] = same[0]
     groups: dict[str, list[str]] = {}
     for t in rest_t:
         groups.setdefault(_parent(t), []).append(t)
