@@ -9,8 +9,9 @@ pairs and only where the rule maps the torch tensors onto exactly the Flax shape
    *suffix* of tokens, so leading segments one side lacks (``model.``) drop out. A pair is taken when
    each side is the other's unique best match.
 2. *Shape and order within a module.* Parents correspond when paired children say so (``model.layers.0``
-   <-> ``layers.0``), else by the same (canonical) path. Within corresponding parents, a torch layer that fits exactly one Flax layer
-   pairs with it; several that fit alike pair in definition order (flagged "check it" in the plan).
+   <-> ``layers.0``), else by the same (canonical) path. Within corresponding parents, a torch layer
+   that fits exactly one Flax layer pairs with it; several that fit alike pair in definition order
+   (flagged "check it" in the plan).
 
 ``Plan.describe()`` prints every pair found here, with how it was found.
 """
