@@ -239,3 +239,33 @@ def test_custom_copy_is_checked_by_the_round_trip() -> None:
     assert "not checked" in one_way.describe()
     with pytest.raises(PairingError, match="has no to_torch"):
         copy_flax_to_torch(f, t, overrides=CustomCopy(_to_flax))
+
+
+# --------------------------------------------------------------------------- ties through the parity rows
+class TorchTiedLM(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, D, dtype=F64)
+        self.mix = torch.nn.Linear(D, D, dtype=F64)
+        self.head = torch.nn.Linear(D, VOCAB, bias=False, dtype=F64)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mix(self.embed(ids))))
+
+
+class FlaxTiedLM(nnx.Module):
+    def __init__(self) -> None:
+        self.embed = nnx.Embed(VOCAB, D, param_dtype=jnp.float64, rngs=rngs())
+        self.mix = nnx.Linear(D, D, param_dtype=jnp.float64, rngs=rngs())
+
+    def __call__(self, ids: jnp.ndarray) -> jnp.ndarray:
+        return self.embed.attend(jnp.tanh(self.mix(self.embed(ids))))
+
+
+def test_tied_embedding_and_head_pass_the_weight_forward_and_gradient_rows() -> None:
+    from ssm_metarl.porting import compare_models
+
+    ids = np.random.default_rng(0).integers(0, VOCAB, size=(3, 5))
+    report = compare_models(TorchTiedLM(), FlaxTiedLM(), ids, rows=("weights", "forward", "gradients"))
+    assert report.passed, report.table()
