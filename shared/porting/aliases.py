@@ -87,27 +87,39 @@ def auto_pairs(torch_tree: Any, flax_tree: Any, torch_units: Mapping[str, Unit],
         return cache[(t, f)]
 
     # 1. renamed paths: unique best common suffix of canonical tokens, both ways
+    canon_t = {t: canonical(t) for t in rest_t}
+    canon_f = {f: canonical(f) for f in rest_f}
+    by_last: dict[str, list[str]] = {}
+    for f, tokens in canon_f.items():
+        by_last.setdefault(tokens[-1] if tokens else "", []).append(f)
+    scores: dict[tuple[str, str], int] = {}
+    for t, tokens in canon_t.items():
+        for f in by_last.get(tokens[-1] if tokens else "", []):
+            score = _suffix(tokens, canon_f[f])
+            if score and fit(t, f) is not None:
+                scores[(t, f)] = score
     changed = True
     while changed:
         changed = False
-        scores: dict[tuple[str, str], int] = {}
-        for t in rest_t:
-            ct = canonical(t)
-            for f in rest_f:
-                score = _suffix(ct, canonical(f))
-                if score and fit(t, f) is not None:
-                    scores[(t, f)] = score
-        for (t, f), score in sorted(scores.items(), key=lambda item: -item[1]):
-            if t not in rest_t or f not in rest_f:
+        best_t: dict[str, list[tuple[int, str]]] = {}
+        best_f: dict[str, list[tuple[int, str]]] = {}
+        for (t, f), score in scores.items():
+            if t in rest_t and f in rest_f:
+                best_t.setdefault(t, []).append((score, f))
+                best_f.setdefault(f, []).append((score, t))
+        for t, options in best_t.items():
+            options.sort(reverse=True)
+            score, f = options[0]
+            if len(options) > 1 and options[1][0] == score:
                 continue
-            rivals_t = [s for (t2, f2), s in scores.items() if t2 == t and f2 != f and f2 in rest_f]
-            rivals_f = [s for (t2, f2), s in scores.items() if f2 == f and t2 != t and t2 in rest_t]
-            if any(s >= score for s in rivals_t + rivals_f):
+            rivals = sorted(best_f[f], reverse=True)
+            if rivals[0] != (score, t) or (len(rivals) > 1 and rivals[1][0] == score):
                 continue
-            yield rest_t[t], rest_f[f], fit(t, f), "alias"
-            matched[t] = f
-            del rest_t[t], rest_f[f]
-            changed = True
+            if t in rest_t and f in rest_f:
+                yield rest_t[t], rest_f[f], fit(t, f), "alias"
+                matched[t] = f
+                del rest_t[t], rest_f[f]
+                changed = True
 
     # 2. shape and definition order within corresponding modules
     order_t = {p: i for i, p in enumerate([*torch_tree.modules, *torch_tree.tensors])}

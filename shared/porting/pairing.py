@@ -242,8 +242,13 @@ def _rule_for(torch_tree: ModelTree, flax_tree: ModelTree, t_unit: Unit, f_unit:
     return rule.for_modules(torch_tree.attributes.get(t_unit.path, {}), flax_tree.attributes.get(f_unit.path, {}))
 
 
-def _fits(torch_tree: ModelTree, flax_tree: ModelTree, t_unit: Unit, f_unit: Unit) -> Rule | None:
-    """The rule that maps ``t_unit`` onto exactly ``f_unit``'s shapes, or ``None``."""
+FitCache = dict[tuple, tuple[Rule, bool]]
+
+
+def _fits(torch_tree: ModelTree, flax_tree: ModelTree, t_unit: Unit, f_unit: Unit,
+          cache: FitCache | None = None) -> Rule | None:
+    """The rule that maps ``t_unit`` onto exactly ``f_unit``'s shapes, or ``None``. Results are cached
+    by rule and shapes (a decoder's layers repeat: the rule runs once per kind of layer)."""
     if t_unit.types == (LOOSE,) or f_unit.types == (LOOSE,):
         if t_unit.types != f_unit.types:
             return None
@@ -259,11 +264,16 @@ def _fits(torch_tree: ModelTree, flax_tree: ModelTree, t_unit: Unit, f_unit: Uni
     shapes = {n: tuple(np.shape(flax_tree.tensors[f_unit.key(n)])) for n in f_unit.names if n not in rule.flax_only}
     if sum(np.size(v) for v in src.values()) != sum(int(np.prod(s)) for s in shapes.values()):
         return None
-    try:
-        mapped = rule.to_flax(src, shapes)
-    except (RuleError, ValueError, KeyError, IndexError):
-        return None
-    return rule if {n: tuple(np.shape(v)) for n, v in mapped.items()} == shapes else None
+    cache = {} if cache is None else cache
+    # the entry keeps the rule alive, so its id is not reused for another rule while the cache lives
+    key = (id(rule), tuple(sorted((n, np.shape(v)) for n, v in src.items())), tuple(sorted(shapes.items())))
+    if key not in cache:
+        try:
+            mapped = rule.to_flax(src, shapes)
+            cache[key] = (rule, {n: tuple(np.shape(v)) for n, v in mapped.items()} == shapes)
+        except (RuleError, ValueError, KeyError, IndexError):
+            cache[key] = (rule, False)
+    return rule if cache[key][1] else None
 
 
 def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrides = None, *,
@@ -313,13 +323,14 @@ def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrid
                               "pair by path but differ in shape (a transposed weight? use rules.TRANSPOSE)")
                 continue
         pairs.append(Pair(t_unit, f_unit, rule, how))
+    cache: FitCache = {}
     if auto:
         from shared.porting.aliases import auto_pairs
 
         rest_torch = {p: u for p, u in torch_units.items() if p not in matched}
         rest_flax = {p: u for p, u in flax_units.items() if p not in used}
         for t_unit, f_unit, rule, how in auto_pairs(torch_tree, flax_tree, rest_torch, rest_flax, matched,
-                                                    lambda t, f: _fits(torch_tree, flax_tree, t, f)):
+                                                    lambda t, f: _fits(torch_tree, flax_tree, t, f, cache)):
             matched[t_unit.path] = f_unit.path
             used.add(f_unit.path)
             pairs.append(Pair(t_unit, f_unit, rule, how))
@@ -327,7 +338,7 @@ def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrid
     unpaired_flax = [u for p, u in flax_units.items() if p not in used]
     errors.extend(_unknown_layers(torch_tree, flax_tree, unpaired_torch, unpaired_flax))
     for unit in unpaired_torch:
-        fitting = [u.path for u in unpaired_flax if _fits(torch_tree, flax_tree, unit, u) is not None]
+        fitting = [u.path for u in unpaired_flax if _fits(torch_tree, flax_tree, unit, u, cache) is not None]
         suggestion = f"; did you mean overrides={{{unit.path!r}: {fitting[0]!r}}}?" if len(fitting) == 1 else ""
         if len(fitting) > 1:
             suggestion = f"; it fits flax {fitting[:4]}: pair it with overrides={{{unit.path!r}: '<flax path>'}}"
@@ -345,6 +356,8 @@ def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrid
         raise PairingError("cannot pair the torch model with the flax model:\n  " + "\n  ".join(errors) + "\n"
                            + HOW_TO)
     ties = {a: c for a, c in torch_tree.ties.items() if a in torch_tree.tensors}
+    order = {p: i for i, p in enumerate([*torch_tree.modules, *torch_tree.tensors])}
+    pairs.sort(key=lambda pair: order.get(pair.torch.path, len(order)))  # definition order, for describe()
     return Plan(tuple(pairs), {k: tuple(np.shape(v)) for k, v in torch_tree.tensors.items()},
                 {k: tuple(np.shape(v)) for k, v in flax_tree.tensors.items()}, ties)
 
