@@ -206,3 +206,20 @@ def test_custom_rms_norm_classes_pair_by_structure(dim: int) -> None:
 def test_one_plus_weight_onto_a_plain_scale_is_named() -> None:
     with pytest.raises(PairingError, match=r"multiplies by \(1 \+ weight\).*OffsetRMSNorm"):
         copy_torch_to_flax(GemmaStyleRMSNorm(4), nnx.RMSNorm(4, param_dtype=jnp.float64, rngs=rngs()))
+
+
+def test_stock_flax_attention_is_float32_rounded_in_float64_and_ours_is_not() -> None:
+    """jax.nn.dot_product_attention (stock nnx.MultiHeadAttention's kernel without dropout) casts the
+    logits to float32 for the softmax whatever the inputs' dtype: a float64 port is off by ~1e-7."""
+    t = torch.nn.MultiheadAttention(8, 2, batch_first=True, dtype=F64)
+    stock = nnx.MultiHeadAttention(2, 8, dtype=jnp.float64, param_dtype=jnp.float64, decode=False, rngs=rngs())
+    ours = torch_compatible_multihead_attention(8, 2, param_dtype=jnp.float64, rngs=rngs())
+    copy_torch_to_flax(t, stock)
+    copy_torch_to_flax(t, ours)
+    x = 3.0 * np.random.default_rng(7).normal(size=(2, 5, 8))
+    expected = t(*(torch.from_numpy(x),) * 3)[0].detach().numpy()
+    scale = float(np.abs(expected).max())
+    stock_rel = float(np.abs(np.asarray(stock(x, x, x)) - expected).max()) / scale
+    ours_rel = float(np.abs(np.asarray(ours(x, x, x)) - expected).max()) / scale
+    assert 1e-10 < stock_rel < 1e-5, stock_rel  # float32 rounding: fails the float64 outputs tolerance (1e-10)
+    assert ours_rel < 1e-14, ours_rel
