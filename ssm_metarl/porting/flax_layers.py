@@ -8,9 +8,10 @@
 - :class:`TorchRNN` / :func:`torch_compatible_rnn`: ``nn.GRU``/``nn.LSTM`` with ``num_layers`` and
   ``bidirectional``, batch-first: one ``nnx.RNN`` (or ``nnx.Bidirectional``) per layer.
 - :func:`torch_compatible_attention`: an ``attention_fn`` for ``nnx.MultiHeadAttention`` that computes
-  in the inputs' dtype at full matmul precision (float64 stays float64, on every backend), scaling
-  the query before the product as torch does; :func:`torch_compatible_multihead_attention` builds
-  ``nn.MultiheadAttention``'s twin (separate ``kdim``/``vdim``, with or without biases).
+  in the inputs' dtype at full matmul precision (float64 stays float64, on every backend; the stock
+  kernel's softmax is always float32), scaling the query before the product as torch does;
+  :func:`torch_compatible_multihead_attention` builds ``nn.MultiheadAttention``'s twin (separate
+  ``kdim``/``vdim``, with or without biases).
 - :class:`OffsetRMSNorm`: ``y = x_normed * (1 + scale)``, the twin of torch RMSNorm classes that
   store ``weight`` around 0 (Gemma style).
 - :class:`TorchBatchNorm`: ``nnx.BatchNorm`` updates its running variance with the *biased* batch
@@ -140,8 +141,9 @@ def torch_compatible_attention(query: jax.Array, key: jax.Array, value: jax.Arra
     ``(..., N, Lq, Lk)``, True = attend (Flax's polarity: torch's ``key_padding_mask`` is the
     opposite); ``bias`` is added to the logits. Returns ``(..., Lq, N, H)``.
 
-    Stock ``jax.nn.dot_product_attention`` computes the logits with ``preferred_element_type`` at
-    least float32 and, on GPU/TPU, at the default (TF32/bf16-pass) matmul precision; this one uses
+    Stock ``jax.nn.dot_product_attention`` (what ``nnx.MultiHeadAttention`` runs when dropout is off;
+    jax 0.10) always casts the logits to float32 for the softmax, so a float64 port is off by about
+    1e-7, and uses the default matmul precision (TF32/bf16 passes on GPU/TPU). This one uses
     ``Precision.HIGHEST`` and never changes dtype, so float64 stays float64 on every backend. A
     fully masked row gets uniform weights (Flax's convention; torch gives NaN). No dropout.
     """
