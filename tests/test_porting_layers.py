@@ -134,6 +134,12 @@ def test_lstm_single_cell_and_layer_count_mismatch() -> None:
     assert_exact_both_ways(t, f)
     with pytest.raises(PairingError, match=r"dense_i has no bias.*torch_compatible_lstm_cell"):
         copy_torch_to_flax(t, nnx.RNN(nnx.OptimizedLSTMCell(3, 4, param_dtype=jnp.float64, rngs=rngs())))
+    bidirectional = torch.nn.LSTM(3, 4, bidirectional=True, batch_first=True, dtype=F64)
+    cells = [nnx.RNN(torch_compatible_lstm_cell(3, 4, param_dtype=jnp.float64, rngs=rngs())) for _ in range(2)]
+    stock_bidirectional = nnx.Bidirectional(*cells, rngs=rngs())  # a user's own, not TorchRNN
+    assert_exact_both_ways(bidirectional, stock_bidirectional)
+    x = np.random.default_rng(8).normal(size=(2, 4, 3))
+    assert_close(stock_bidirectional(x), bidirectional(torch.from_numpy(x))[0])
     two = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True, dtype=F64)
     with pytest.raises(PairingError, match=r"holds layer 0, layer 1; the flax side holds cells for layer 0"):
         copy_torch_to_flax(two, f)

@@ -269,3 +269,50 @@ def test_tied_embedding_and_head_pass_the_weight_forward_and_gradient_rows() -> 
     ids = np.random.default_rng(0).integers(0, VOCAB, size=(3, 5))
     report = compare_models(TorchTiedLM(), FlaxTiedLM(), ids, rows=("weights", "forward", "gradients"))
     assert report.passed, report.table()
+
+
+# --------------------------------------------------------------------------- scale
+def decoder_trees(layers: int, dim: int = 16, heads: int = 2, ff: int = 32, vocab: int = 50) -> tuple:
+    """Two numpy-only ``ModelTree``s: a Hugging Face-style torch decoder and a renamed NNX port."""
+    from shared.porting import ModelTree
+
+    head_dim = dim // heads
+    torch_modules, torch_tensors = {"": ("Decoder",), "model.embed_tokens": ("Embedding",)}, {}
+    flax_modules, flax_tensors = {"": ("Decoder",), "embedder": ("Embed",)}, {}
+    attributes = {}
+    torch_tensors["model.embed_tokens.weight"] = np.zeros((vocab, dim))
+    flax_tensors["embedder.embedding"] = np.zeros((vocab, dim))
+    for layer in range(layers):
+        t, f = f"model.layers.{layer}", f"layers.{layer}"
+        shapes = {"q": (dim, dim), "k": (dim, dim), "v": (dim, dim), "o": (dim, dim)}
+        for name, shape in shapes.items():
+            torch_modules[f"{t}.self_attn.{name}_proj"] = ("Linear",)
+            torch_tensors[f"{t}.self_attn.{name}_proj.weight"] = np.zeros(shape)
+            flax_modules[f"{f}.attn.{name}"] = ("Einsum",)
+            kernel = (heads, head_dim, dim) if name == "o" else (dim, heads, head_dim)
+            flax_tensors[f"{f}.attn.{name}.kernel"] = np.zeros(kernel)
+            attributes[f"{f}.attn.{name}"] = {"einsum_str": "BTNH,NHD->BTD" if name == "o" else "BTD,DNH->BTNH"}
+        for name, (out, inp) in {"gate": (ff, dim), "up": (ff, dim), "down": (dim, ff)}.items():
+            torch_modules[f"{t}.mlp.{name}_proj"] = ("Linear",)
+            torch_tensors[f"{t}.mlp.{name}_proj.weight"] = np.zeros((out, inp))
+            flax_modules[f"{f}.mlp.{name}"] = ("Linear",)
+            flax_tensors[f"{f}.mlp.{name}.kernel"] = np.zeros((inp, out))
+        for torch_name, flax_name in (("input_layernorm", "pre_attention_norm"),
+                                      ("post_attention_layernorm", "pre_ffw_norm")):
+            torch_modules[f"{t}.{torch_name}"] = ("LlamaRMSNorm",)
+            torch_tensors[f"{t}.{torch_name}.weight"] = np.zeros(dim)
+            flax_modules[f"{f}.{flax_name}"] = ("RMSNorm",)
+            flax_tensors[f"{f}.{flax_name}.scale"] = np.zeros(dim)
+    return ModelTree(torch_modules, torch_tensors), ModelTree(flax_modules, flax_tensors, attributes)
+
+
+def test_a_32_layer_decoder_pairs_every_layer_by_its_renamed_path() -> None:
+    from shared.porting import plan_pairing
+
+    torch_side, flax_side = decoder_trees(32)
+    plan = plan_pairing(torch_side, flax_side)
+    assert len(plan.pairs) == 1 + 32 * 9
+    assert all(pair.how == "alias" for pair in plan.pairs)
+    pairs = {pair.torch.path: pair.flax.path for pair in plan.pairs}
+    assert pairs["model.layers.31.self_attn.o_proj"] == "layers.31.attn.o"
+    assert pairs["model.layers.17.post_attention_layernorm"] == "layers.17.pre_ffw_norm"
