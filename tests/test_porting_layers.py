@@ -229,3 +229,49 @@ def test_stock_flax_attention_is_float32_rounded_in_float64_and_ours_is_not() ->
     ours_rel = float(np.abs(np.asarray(ours(x, x, x)) - expected).max()) / scale
     assert 1e-10 < stock_rel < 1e-5, stock_rel  # float32 rounding: fails the float64 outputs tolerance (1e-10)
     assert ours_rel < 1e-14, ours_rel
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.lists(st.integers(1, 3), min_size=1, max_size=2))
+def test_numpy_layer_rules_are_exact_inverses(heads: int, head_dim: int, other: int, kernel: list[int]) -> None:
+    from shared.porting import attention, recurrent, rules
+
+    rng = np.random.default_rng(9)
+    embed = heads * head_dim
+    cases = [
+        (attention.MULTIHEAD_ATTENTION,
+         {"in_proj_weight": rng.normal(size=(3 * embed, embed)), "in_proj_bias": rng.normal(size=3 * embed),
+          "out_proj.weight": rng.normal(size=(embed, embed)), "out_proj.bias": rng.normal(size=embed)},
+         {"query.kernel": (embed, heads, head_dim)}),
+        (attention.MULTIHEAD_ATTENTION,
+         {"q_proj_weight": rng.normal(size=(embed, embed)), "k_proj_weight": rng.normal(size=(embed, other)),
+          "v_proj_weight": rng.normal(size=(embed, other + 1)), "out_proj.weight": rng.normal(size=(embed, embed))},
+         {"query.kernel": (embed, heads, head_dim)}),
+        (rules.CONV_TRANSPOSE, {"weight": rng.normal(size=(other, 2, *kernel)), "bias": rng.normal(size=2)}, {}),
+        (rules.LINEAR_GENERAL, {"weight": rng.normal(size=(embed, other)), "bias": rng.normal(size=embed)},
+         {"kernel": (other, heads, head_dim), "bias": (heads, head_dim)}),
+        (einsum_rule("BTD,NDH->BTNH"), {"weight": rng.normal(size=(embed, other))},
+         {"kernel": (heads, other, head_dim)}),
+        (recurrent.LSTM, _bidirectional_lstm_tensors(rng, other, head_dim),
+         {f"{d}.dense_{w}.{n}": () for d in ("forward_rnn", "backward_rnn") for w in "ih" for n in ("kernel", "bias")}),
+    ]
+    for rule, tensors, flax_shapes in cases:
+        flax = rule.to_flax(tensors, flax_shapes)
+        torch_shapes = {k: np.shape(v) for k, v in tensors.items()}
+        back = rule.to_torch(flax, torch_shapes)
+        assert back.keys() == tensors.keys(), rule.name
+        for name in tensors:
+            np.testing.assert_array_equal(back[name], tensors[name], err_msg=f"{rule.name} {name}")
+        again = rule.to_flax(back, {**flax_shapes, **{k: np.shape(v) for k, v in flax.items()}})
+        for name in flax:
+            np.testing.assert_array_equal(again[name], flax[name], err_msg=f"{rule.name} {name}")
+
+
+def _bidirectional_lstm_tensors(rng: np.random.Generator, inputs: int, hidden: int) -> dict[str, np.ndarray]:
+    out = {}
+    for suffix in ("", "_reverse"):
+        out[f"weight_ih_l0{suffix}"] = rng.normal(size=(4 * hidden, inputs))
+        out[f"weight_hh_l0{suffix}"] = rng.normal(size=(4 * hidden, hidden))
+        out[f"bias_ih_l0{suffix}"] = rng.normal(size=4 * hidden)
+        out[f"bias_hh_l0{suffix}"] = rng.normal(size=4 * hidden)
+    return out
