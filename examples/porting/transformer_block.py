@@ -58,6 +58,19 @@ class TorchRoPE(nn.Module):
         return x * cos + torch.cat([-second, first], -1) * sin
 
 
+class TorchCausalAttention(nn.Module):
+    """Causal scaled dot-product attention on ``(batch, time, heads, head_dim)`` q, k, v."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        time = q.shape[1]
+        blocked = torch.ones(time, time, dtype=torch.bool).triu(1)  # True = may not attend (the future)
+        additive = torch.zeros(time, time, dtype=q.dtype).masked_fill(blocked, -math.inf)
+        with sdpa_kernel(SDPBackend.MATH):  # differentiable twice (second-order rows)
+            out = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                             attn_mask=additive)
+        return out.transpose(1, 2)
+
+
 class TorchAttention(nn.Module):
     def __init__(self, dtype: torch.dtype) -> None:
         super().__init__()
@@ -66,17 +79,13 @@ class TorchAttention(nn.Module):
         self.v_proj = nn.Linear(DIM, DIM, dtype=dtype)
         self.o_proj = nn.Linear(DIM, DIM, dtype=dtype)
         self.rope = TorchRoPE()
+        self.core = TorchCausalAttention()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, time, _ = x.shape
         q, k, v = (proj(x).view(batch, time, HEADS, HEAD_DIM) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = self.rope(q), self.rope(k)
-        blocked = torch.ones(time, time, dtype=torch.bool).triu(1)  # True = may not attend (the future)
-        additive = torch.zeros(time, time, dtype=x.dtype).masked_fill(blocked, -math.inf)
-        with sdpa_kernel(SDPBackend.MATH):  # differentiable twice (second-order rows)
-            out = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                             attn_mask=additive)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, time, DIM))
+        out = self.core(self.rope(q), self.rope(k), v)
+        return self.o_proj(out.reshape(batch, time, DIM))
 
 
 class TorchMLP(nn.Module):
@@ -123,6 +132,21 @@ class FlaxRoPE(nnx.Module):
         return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
 
 
+class FlaxCausalAttention(nnx.Module):
+    """Causal attention on ``(batch, time, heads, head_dim)``; ``mask_polarity_bug`` passes torch's
+    "True = blocked" mask to Flax, whose mask means "True = attend"."""
+
+    def __init__(self, mask_polarity_bug: bool = False) -> None:
+        self.mask_polarity_bug = mask_polarity_bug
+
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        time = q.shape[1]
+        attend = jnp.tril(jnp.ones((time, time), bool))  # Flax: True = attend
+        if self.mask_polarity_bug:
+            attend = jnp.triu(jnp.ones((time, time), bool), 1)
+        return torch_compatible_attention(q, k, v, mask=attend)
+
+
 class FlaxAttention(nnx.Module):
     def __init__(self, dtype: str, *, mask_polarity_bug: bool = False, interleaved_rope: bool = False,
                  rngs: nnx.Rngs) -> None:
@@ -132,15 +156,11 @@ class FlaxAttention(nnx.Module):
         self.value = nnx.LinearGeneral(DIM, (HEADS, HEAD_DIM), **kw)
         self.out = nnx.Einsum("BTNH,NHD->BTD", (HEADS, HEAD_DIM, DIM), (DIM,), **kw)
         self.rope = FlaxRoPE(interleaved_rope)
-        self.mask_polarity_bug = mask_polarity_bug
+        self.core = FlaxCausalAttention(mask_polarity_bug)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         q, k, v = self.rope(self.query(x)), self.rope(self.key(x)), self.value(x)
-        time = x.shape[1]
-        attend = jnp.tril(jnp.ones((time, time), bool))  # Flax: True = attend
-        if self.mask_polarity_bug:  # torch's "True = blocked" mask passed unchanged
-            attend = jnp.triu(jnp.ones((time, time), bool), 1)
-        return self.out(torch_compatible_attention(q, k, v, mask=attend))
+        return self.out(self.core(q, k, v))
 
 
 class FlaxMLP(nnx.Module):
