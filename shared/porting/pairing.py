@@ -27,7 +27,9 @@ LOOSE = "<tensor>"
 HOW_TO = (
     "Register a rule with shared.porting.register_rule('<TorchClass>', '<FlaxClass>', Rule(...)) "
     "or pair paths explicitly with overrides={'<torch path>': '<flax path>'} or "
-    "{'<torch path>': ('<flax path>', rule)} (rules: shared.porting.rules LINEAR, CONV, NORM, TRANSPOSE, ...)."
+    "{'<torch path>': ('<flax path>', rule)} (rules: shared.porting.rules LINEAR, CONV, NORM, TRANSPOSE, ...), "
+    "whole families at once with shared.porting.regex_table([(r'<torch regex>', r'<flax path with \\1>', "
+    "'<rule name>')]) or glob_table, or copy the weights yourself with shared.porting.CustomCopy(to_flax, to_torch)."
 )
 
 
