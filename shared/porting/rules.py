@@ -271,7 +271,6 @@ def einsum_rule(einsum_str: str) -> Rule:
     order = contracted + produced  # kernel axes as torch's (in, out) flattens them
     to_linear = [rhs.index(c) for c in order]
     from_linear = [order.index(c) for c in rhs]
-    bias_letters = produced
 
     def to_flax(tensors: Mapping[str, np.ndarray], shapes: Shapes) -> Tensors:
         out: Tensors = {}
@@ -300,7 +299,6 @@ def einsum_rule(einsum_str: str) -> Rule:
             out["bias"] = np.array(tensors["bias"]).reshape(-1)
         return out
 
-    del bias_letters
     return Rule(f"linear<->einsum {einsum_str}", to_flax, to_torch)
 
 
