@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jax_impl.core.ssm import SSM as JaxSSM
-from shared.porting import PairingError, Rule, register_rule, rules, unregister_rule
+from shared.porting import PairingError, Rule, recurrent, register_rule, rules, unregister_rule
 from ssm_metarl.porting import copy_flax_to_torch, copy_torch_to_flax, torch_compatible_gru_cell
 from ssm_metarl.porting.trees import flax_index, torch_tree
 from torch_impl.core.ssm import SSM as TorchSSM
@@ -63,12 +63,14 @@ def test_numpy_rules_are_exact_inverses(out_dim: int, in_dim: int, kernel: list[
         (rules.EMBEDDING, {"weight": rng.normal(size=(out_dim, in_dim))}),
         (rules.BATCH_NORM, {"weight": rng.normal(size=in_dim), "bias": rng.normal(size=in_dim),
                             "running_mean": rng.normal(size=in_dim), "running_var": rng.random(size=in_dim)}),
-        (rules.GRU, {"weight_ih_l0": rng.normal(size=(3 * out_dim, in_dim)),
+        (recurrent.GRU, {"weight_ih_l0": rng.normal(size=(3 * out_dim, in_dim)),
                      "weight_hh_l0": rng.normal(size=(3 * out_dim, out_dim)),
                      "bias_ih_l0": rng.normal(size=3 * out_dim), "bias_hh_l0": rng.normal(size=3 * out_dim)}),
     ]
     for rule, tensors in cases:
-        shapes = {"dense_h.bias": (3 * out_dim,)} if rule is rules.GRU else {}
+        shapes = {"dense_i.kernel": (in_dim, 3 * out_dim), "dense_i.bias": (3 * out_dim,),
+                  "dense_h.kernel": (out_dim, 3 * out_dim), "dense_h.bias": (3 * out_dim,)} \
+            if rule is recurrent.GRU else {}
         flax = rule.to_flax(tensors, shapes)
         back = rule.to_torch(flax, {})
         assert back.keys() == tensors.keys(), rule.name
@@ -176,7 +178,7 @@ def test_stock_gru_cell_cannot_hold_torch_hidden_bias() -> None:
     with pytest.raises(PairingError, match=r"dense_h has no bias.*torch_compatible_gru_cell"):
         copy_torch_to_flax(t, f)
     two_layers = torch.nn.GRU(3, 4, num_layers=2, batch_first=True, dtype=F64)
-    with pytest.raises(PairingError, match="one-layer"):
+    with pytest.raises(PairingError, match="holds layer 0, layer 1; the flax side holds cells for layer 0"):
         copy_torch_to_flax(two_layers, nnx.RNN(torch_compatible_gru_cell(3, 4, param_dtype=jnp.float64, rngs=rngs())))
 
 
@@ -213,7 +215,7 @@ class FlaxBlock(nnx.Module):
 
 def test_unpaired_tensors_and_unknown_layers_name_path_shapes_and_the_fix() -> None:
     with pytest.raises(PairingError) as err:
-        copy_torch_to_flax(TorchBlock(), FlaxBlock())
+        copy_torch_to_flax(TorchBlock(), FlaxBlock(), auto=False)
     message = str(err.value)
     for expected in ("torch 'encoder' (Linear: weight (4, 3), bias (4,)) has no flax counterpart",
                      "did you mean overrides={'encoder': 'enc'}?",

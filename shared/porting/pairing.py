@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-from shared.porting.rules import IDENTITY, Rule, RuleError, find_rule, known_types
+from shared.porting.rules import IDENTITY, Rule, RuleError, find_rule, has_rule
 
 Target = str | tuple[str, Rule]
 Overrides = Mapping[str, Target] | Callable[[str], Target | None] | None
@@ -26,7 +27,9 @@ LOOSE = "<tensor>"
 HOW_TO = (
     "Register a rule with shared.porting.register_rule('<TorchClass>', '<FlaxClass>', Rule(...)) "
     "or pair paths explicitly with overrides={'<torch path>': '<flax path>'} or "
-    "{'<torch path>': ('<flax path>', rule)} (rules: shared.porting.rules LINEAR, CONV, NORM, TRANSPOSE, ...)."
+    "{'<torch path>': ('<flax path>', rule)} (rules: shared.porting.rules LINEAR, CONV, NORM, TRANSPOSE, ...), "
+    "whole families at once with shared.porting.regex_table([(r'<torch regex>', r'<flax path with \\1>', "
+    "'<rule name>')]) or glob_table, or copy the weights yourself with shared.porting.CustomCopy(to_flax, to_torch)."
 )
 
 
@@ -36,10 +39,21 @@ class PairingError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelTree:
-    """One model's structure: ``modules`` (path -> class names along the MRO) and ``tensors``."""
+    """One model's structure.
+
+    Attributes:
+        modules: path -> class names along the MRO, in definition order (parents before children).
+        tensors: dotted path -> array.
+        attributes: path -> a few module attributes rules may specialise on (``einsum_str``,
+            ``transpose_kernel``, a norm's ``scale_offset``).
+        ties: tensor path -> the path of the tensor it shares storage with (torch ``lm_head.weight``
+            -> ``embed.weight``); a tied tensor pairs through its canonical one.
+    """
 
     modules: Mapping[str, tuple[str, ...]]
     tensors: Mapping[str, np.ndarray]
+    attributes: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    ties: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +71,7 @@ class Pair:
     torch: Unit
     flax: Unit
     rule: Rule
+    how: str = "path"  # path, override, alias, shape, order
 
 
 def join(path: str, name: str) -> str:
@@ -85,19 +100,19 @@ def _describe(tree: ModelTree, unit: Unit, side: str) -> str:
 
 def find_units(tree: ModelTree, side: str, forced: set[str]) -> dict[str, Unit]:
     """Outermost modules with a rule on ``side`` (or named in ``forced``), then loose tensors."""
-    known = known_types(side)
     unit_paths: list[str] = []
     for path in sorted(tree.modules, key=lambda p: (p.count(".") + (p != ""), p)):
         if any(_under(path, u) for u in unit_paths):
             continue
-        if path in forced or known & set(tree.modules[path]):
+        if path in forced or has_rule(side, tree.modules[path]):
             unit_paths.append(path)
+    tensors = [k for k in tree.tensors if k not in tree.ties]  # a tied tensor follows its canonical one
     units: dict[str, Unit] = {}
     for path in unit_paths:
-        names = tuple(_relative(k, path) for k in tree.tensors if _under(k, path))
+        names = tuple(_relative(k, path) for k in tensors if _under(k, path))
         if names:
             units[path] = Unit(path, tuple(tree.modules[path]), names)
-    for key in sorted(tree.tensors):
+    for key in sorted(tensors):
         if not any(_under(key, u) for u in unit_paths):
             units[key] = Unit(key, (LOOSE,), ("",))
     return units
@@ -133,6 +148,7 @@ class Plan:
     pairs: tuple[Pair, ...]
     torch_shapes: Mapping[str, tuple[int, ...]]
     flax_shapes: Mapping[str, tuple[int, ...]]
+    ties: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def to_flax(self, torch_tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """torch tensors (``state_dict`` names) -> Flax variables (normalised dotted paths)."""
@@ -141,14 +157,36 @@ class Plan:
     def to_torch(self, flax_tensors: Mapping[str, np.ndarray],
                  torch_fill: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Flax variables -> torch tensors. ``torch_fill`` gives the values of torch-only tensors
-        (e.g. ``num_batches_tracked``); without it those are left out."""
+        (e.g. ``num_batches_tracked``); without it those are left out. A tied torch tensor gets its
+        canonical tensor's value (the tie holds)."""
         out = self._map(flax_tensors, "torch")
         for pair in self.pairs:
             for name in pair.rule.torch_only:
                 key = pair.torch.key(name)
                 if key in self.torch_shapes and torch_fill is not None and key in torch_fill:
                     out[key] = np.array(torch_fill[key], copy=True)
+        for alias, canonical in self.ties.items():
+            if canonical in out:
+                out[alias] = np.array(out[canonical], copy=True)
         return out
+
+    def describe(self, everything: bool = False) -> str:
+        """The plan, one line per pair, so a user can check it: ``torch path -> flax path  rule  [how]``.
+        By default pairs found by their identical path are counted, not listed."""
+        lines, same = [], 0
+        for pair in self.pairs:
+            if pair.how == "path" and not everything:
+                same += 1
+                continue
+            kind = "" if pair.torch.types == (LOOSE,) else f" ({pair.torch.types[0]} -> {pair.flax.types[0]})"
+            lines.append(f"  {pair.torch.path or '<root>'} -> {pair.flax.path or '<root>'}{kind}  "
+                         f"rule {pair.rule.name}  [{HOW[pair.how]}]")
+        for alias, canonical in sorted(self.ties.items()):
+            lines.append(f"  {alias} is tied to {canonical}  [follows it both ways]")
+        head = f"pairing plan: {len(self.pairs)} pairs"
+        if same:
+            head += f", {same} by identical path{'' if everything else ' (not listed)'}"
+        return "\n".join([head + ":" if lines else head, *lines])
 
     def _map(self, source: Mapping[str, np.ndarray], to: str) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -185,13 +223,71 @@ class Plan:
         return out
 
 
+HOW = {"path": "same path", "override": "override", "alias": "renamed path (aliases, prefixes dropped)",
+       "shape": "only fit by shape within its module", "order": "by shape and order within its module: check it"}
+
+
 def _fmt(shapes: Mapping[str, tuple[int, ...]]) -> str:
     return "{" + ", ".join(f"{n or '(tensor)'}: {s}" for n, s in sorted(shapes.items())) + "}"
 
 
-def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrides = None) -> Plan:
+def _rule_for(torch_tree: ModelTree, flax_tree: ModelTree, t_unit: Unit, f_unit: Unit,
+              rule: Rule | None) -> Rule | None:
+    """The rule for a pair (specialised on the two modules' attributes); ``None`` if none is registered.
+    Raises :class:`RuleError` when the registered rule refuses the pair."""
+    if rule is None:
+        if t_unit.types == (LOOSE,) and f_unit.types == (LOOSE,):
+            return IDENTITY
+        rule = find_rule(t_unit.types, f_unit.types)
+        if rule is None:
+            return None
+    return rule.for_modules(torch_tree.attributes.get(t_unit.path, {}), flax_tree.attributes.get(f_unit.path, {}))
+
+
+FitCache = dict[tuple, tuple[Rule, bool]]
+
+
+def _fits(torch_tree: ModelTree, flax_tree: ModelTree, t_unit: Unit, f_unit: Unit,
+          cache: FitCache | None = None) -> Rule | None:
+    """The rule that maps ``t_unit`` onto exactly ``f_unit``'s shapes, or ``None``. Results are cached
+    by rule and shapes (a decoder's layers repeat: the rule runs once per kind of layer)."""
+    if t_unit.types == (LOOSE,) or f_unit.types == (LOOSE,):
+        if t_unit.types != f_unit.types:
+            return None
+        same = np.shape(torch_tree.tensors[t_unit.path]) == np.shape(flax_tree.tensors[f_unit.path])
+        return IDENTITY if same else None
+    try:
+        rule = _rule_for(torch_tree, flax_tree, t_unit, f_unit, None)
+    except RuleError:
+        return None
+    if rule is None:
+        return None
+    src = {n: torch_tree.tensors[t_unit.key(n)] for n in t_unit.names if n not in rule.torch_only}
+    shapes = {n: tuple(np.shape(flax_tree.tensors[f_unit.key(n)])) for n in f_unit.names if n not in rule.flax_only}
+    if sum(np.size(v) for v in src.values()) != sum(int(np.prod(s)) for s in shapes.values()):
+        return None
+    cache = {} if cache is None else cache
+    # the entry keeps the rule alive, so its id is not reused for another rule while the cache lives
+    key = (id(rule), tuple(sorted((n, np.shape(v)) for n, v in src.items())), tuple(sorted(shapes.items())))
+    if key not in cache:
+        try:
+            mapped = rule.to_flax(src, shapes)
+            cache[key] = (rule, {n: tuple(np.shape(v)) for n, v in mapped.items()} == shapes)
+        except (RuleError, ValueError, KeyError, IndexError):
+            cache[key] = (rule, False)
+    return rule if cache[key][1] else None
+
+
+def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrides = None, *,
+                 auto: bool = True) -> Plan:
     """Pair every torch tensor with Flax variables; raise :class:`PairingError` listing every tensor
-    left unpaired (path and shapes on both sides) and every layer pair without a rule."""
+    left unpaired (path and shapes on both sides) and every layer pair without a rule.
+
+    Layers pair by identical path, then by ``overrides``; with ``auto`` (default) the rest pair by
+    renamed path (``shared.porting.aliases``: common prefixes dropped, ``self_attn``/``attn``, ...)
+    and then by shape and definition order within corresponding modules. ``Plan.describe()`` lists
+    every pair not found by its identical path.
+    """
     torch_modules = sorted(set(torch_tree.modules) | set(torch_tree.tensors))
     resolved = _resolve(overrides, torch_modules)
     for torch_path, (flax_path, _) in resolved.items():
@@ -203,17 +299,20 @@ def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrid
     torch_units = find_units(torch_tree, "torch", set(resolved))
     flax_units = find_units(flax_tree, "flax", {target for target, _ in resolved.values()})
     pairs, errors, used = [], [], set()
+    matched: dict[str, str] = {}
     for path, t_unit in torch_units.items():
         flax_path, rule = resolved.get(path, (path, None))
         f_unit = flax_units.get(flax_path)
-        if f_unit is None:
+        if f_unit is None or flax_path in used:
             continue  # reported below, with what the flax side holds there
         used.add(flax_path)
-        if rule is None:
-            if t_unit.types == (LOOSE,) and f_unit.types == (LOOSE,):
-                rule = IDENTITY
-            else:
-                rule = find_rule(t_unit.types, f_unit.types)
+        matched[path] = flax_path
+        how = "override" if path in resolved else "path"
+        try:
+            rule = _rule_for(torch_tree, flax_tree, t_unit, f_unit, rule)
+        except RuleError as err:
+            errors.append(f"torch {path!r} <-> flax {flax_path!r}: {err}")
+            continue
         if rule is None:
             errors.append(f"no rule pairs {_describe(torch_tree, t_unit, 'torch')} with "
                           f"{_describe(flax_tree, f_unit, 'flax')}")
@@ -225,23 +324,44 @@ def plan_pairing(torch_tree: ModelTree, flax_tree: ModelTree, overrides: Overrid
                 errors.append(f"torch tensor {t_unit.path!r} {t_shape} and flax tensor {f_unit.path!r} {f_shape} "
                               "pair by path but differ in shape (a transposed weight? use rules.TRANSPOSE)")
                 continue
-        pairs.append(Pair(t_unit, f_unit, rule))
-    unpaired_torch = [u for p, u in torch_units.items() if resolved.get(p, (p, None))[0] not in flax_units]
+        pairs.append(Pair(t_unit, f_unit, rule, how))
+    cache: FitCache = {}
+    if auto:
+        from shared.porting.aliases import auto_pairs
+
+        rest_torch = {p: u for p, u in torch_units.items() if p not in matched}
+        rest_flax = {p: u for p, u in flax_units.items() if p not in used}
+        for t_unit, f_unit, rule, how in auto_pairs(torch_tree, flax_tree, rest_torch, rest_flax, matched,
+                                                    lambda t, f: _fits(torch_tree, flax_tree, t, f, cache)):
+            matched[t_unit.path] = f_unit.path
+            used.add(f_unit.path)
+            pairs.append(Pair(t_unit, f_unit, rule, how))
+    unpaired_torch = [u for p, u in torch_units.items() if p not in matched]
     unpaired_flax = [u for p, u in flax_units.items() if p not in used]
     errors.extend(_unknown_layers(torch_tree, flax_tree, unpaired_torch, unpaired_flax))
     for unit in unpaired_torch:
-        same_kind = [u.path for u in unpaired_flax if unit.types != (LOOSE,) and find_rule(unit.types, u.types)]
-        suggestion = f"; did you mean overrides={{{unit.path!r}: {same_kind[0]!r}}}?" if same_kind else ""
+        fitting = [u.path for u in unpaired_flax if _fits(torch_tree, flax_tree, unit, u, cache) is not None]
+        suggestion = f"; did you mean overrides={{{unit.path!r}: {fitting[0]!r}}}?" if len(fitting) == 1 else ""
+        if len(fitting) > 1:
+            suggestion = f"; it fits flax {fitting[:4]}: pair it with overrides={{{unit.path!r}: '<flax path>'}}"
+        tied = [a for a, c in torch_tree.ties.items() if c == unit.path or _under(a, unit.path)]
         errors.append(f"{_describe(torch_tree, unit, 'torch')} has no flax counterpart"
-                      + _context(unit.path, flax_tree, flax_units, "flax") + suggestion)
+                      + _context(unit.path, flax_tree, flax_units, "flax") + suggestion
+                      + (f" (tied with {tied})" if tied else ""))
     for unit in unpaired_flax:
+        ties = [f"{a} -> {c}" for a, c in torch_tree.ties.items() if _under(a, unit.path) or a == unit.path]
+        note = (f"; the torch model ties {ties}: tie it in the port too (e.g. nnx.Embed.attend) or untie the "
+                "torch model") if ties else ""
         errors.append(f"{_describe(flax_tree, unit, 'flax')} has no torch counterpart"
-                      + _context(unit.path, torch_tree, torch_units, "torch"))
+                      + _context(unit.path, torch_tree, torch_units, "torch") + note)
     if errors:
         raise PairingError("cannot pair the torch model with the flax model:\n  " + "\n  ".join(errors) + "\n"
                            + HOW_TO)
+    ties = {a: c for a, c in torch_tree.ties.items() if a in torch_tree.tensors}
+    order = {p: i for i, p in enumerate([*torch_tree.modules, *torch_tree.tensors])}
+    pairs.sort(key=lambda pair: order.get(pair.torch.path, len(order)))  # definition order, for describe()
     return Plan(tuple(pairs), {k: tuple(np.shape(v)) for k, v in torch_tree.tensors.items()},
-                {k: tuple(np.shape(v)) for k, v in flax_tree.tensors.items()})
+                {k: tuple(np.shape(v)) for k, v in flax_tree.tensors.items()}, ties)
 
 
 def _unknown_layers(torch_tree: ModelTree, flax_tree: ModelTree, unpaired_torch: list[Unit],

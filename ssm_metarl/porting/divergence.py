@@ -184,6 +184,8 @@ def _aligned(torch_value: np.ndarray | None, flax_value: np.ndarray | None) -> t
         moved = np.moveaxis(torch_value, 1, -1)
         if moved.shape == flax_value.shape:
             return moved, flax_value
+    if torch_value.size == flax_value.size and torch_value.shape[:2] == flax_value.shape[:2]:
+        return torch_value, flax_value.reshape(torch_value.shape)  # head-shaped (b, t, N, H) vs (b, t, N*H)
     return None
 
 
