@@ -44,8 +44,10 @@ class AdaptationConfig:
             is an error (a typo), and so is a selection that leaves nothing to adapt.
         trust_region: max L2 distance of the adapted parameters from the source, enforced by
             projection after every step (None: off).
-        ema_decay: keep an EMA teacher of the weights, ``teacher = d * teacher + (1 - d) * w``
-            (None: off).
+        ema_decay: keep an EMA teacher, ``teacher = d * teacher + (1 - d) * w`` after every
+            committed step, over every floating variable of the model: the parameters and the
+            running statistics (BatchNorm ``running_mean``/``running_var``, NNX ``BatchStat``s);
+            integer variables (counters) are copied (None: off).
         entropy_weight: weight of the mean entropy of the discrete-action logits returned by the
             loss function (TENT); 0 turns it off.
         reset: ``"never"`` (only ``reset()``), ``"episodic"`` (``end_episode()`` resets) or
@@ -288,6 +290,12 @@ def _value_key(value: Any, depth: int) -> Hashable:
     except TypeError:  # arrays, lists, ...: the object itself (kept alive, so its id is not reused)
         return _Identity(value)
     return (type(value), value)
+
+
+def empty_info(drift: float) -> dict[str, Any]:
+    """The ``info`` an ``update_step`` call starts from: no step taken, none skipped, the current ``drift``."""
+    return {"updated": False, "steps": 0, "loss": None, "entropy": None, "grad_norm": None, "drift": drift,
+            "skipped": None}
 
 
 class History:

@@ -368,11 +368,11 @@ def test_a_loss_independent_of_the_selection_is_a_value_error(backend):
 def test_adapters_name_the_other_frameworks_arrays():
     adapter = ssm_adapter(JAX, AdaptationConfig())
     x, y = ssm_batch(TORCH)
-    with pytest.raises(TypeError, match=r"expected a jax or numpy array, got torch.Tensor \(batch\[0\]\)"):
+    with pytest.raises(TypeError, match=r"expected a jax.Array or numpy array, got torch.Tensor \(batch\[0\]\)"):
         adapter.update_step(mse, (x, y))
     with pytest.raises(TypeError, match="loss_fn must be callable"):
         adapter.update_step("mse", ssm_batch(JAX))
-    with pytest.raises(TypeError, match=r"expected a torch.Tensor or numpy array, got jax.*\(batch\[1\]\)"):
+    with pytest.raises(TypeError, match=r"expected a torch.Tensor or numpy array, got jax.Array \(batch\[1\]\)"):
         ssm_adapter(TORCH, AdaptationConfig()).update_step(mse, (ssm_batch(TORCH)[0], ssm_batch(JAX)[1]))
     with pytest.raises(TypeError, match="loss_fn must be callable"):
         ssm_adapter(TORCH, AdaptationConfig()).update_step(None, ssm_batch(TORCH))
