@@ -173,7 +173,8 @@ def select_parameters(names: Iterable[str], config: AdaptationConfig) -> list[st
 
     A name is chosen when it matches some ``allow`` pattern and no ``deny`` pattern. Errors
     (``ValueError``), never a silent no-op: a pattern that matches none of ``names`` (a typo), and
-    a selection that leaves nothing to adapt.
+    a selection that leaves nothing to adapt. Messages list names sorted, so that both backends
+    (whose parameter orders differ) say the same.
     """
     names = list(names)
 
@@ -183,13 +184,14 @@ def select_parameters(names: Iterable[str], config: AdaptationConfig) -> list[st
     for field in ("allow", "deny"):
         for pattern in getattr(config, field):
             if not matching(pattern):
-                raise ValueError(f"{field} pattern {pattern!r} matches none of the trainable parameters {names}")
+                raise ValueError(f"{field} pattern {pattern!r} matches none of the trainable parameters "
+                                 f"{sorted(names)}")
     allowed = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in config.allow)]
     chosen = [n for n in allowed if not any(fnmatch.fnmatchcase(n, p) for p in config.deny)]
     if not chosen:
         raise ValueError(
             f"parameter selection matches none of the trainable parameters: allow={list(config.allow)} selects "
-            f"{allowed} and deny={list(config.deny)} removes all of them"
+            f"{sorted(allowed)} and deny={list(config.deny)} removes all of them"
         )
     return chosen
 
