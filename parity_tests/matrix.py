@@ -358,7 +358,8 @@ def adapter_trajectories(setup: Setup, steps: int = 20) -> list[Row]:
             j_info.append(j_adapter.update_step(loss_and_logits, data))
         telemetry = ("loss", "entropy", "grad_norm", "drift")
         comparison = compare_trees(
-            {"params": to_canonical(nnx.state(jm, nnx.Param)), "teacher": to_canonical(nnx.state(j_adapter.teacher_model, nnx.Param)),
+            {"params": to_canonical(nnx.state(jm, nnx.Param)),
+             "teacher": to_canonical(nnx.state(j_adapter.teacher_model, nnx.Param)),
              "info": {k: np.array([i[k] for i in j_info]) for k in telemetry}},
             {"params": canonical(tm), "teacher": canonical(t_adapter.teacher_model),
              "info": {k: np.array([i[k] for i in t_info]) for k in telemetry}},

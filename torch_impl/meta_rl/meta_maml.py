@@ -28,8 +28,8 @@ from torch import nn
 from torch.func import functional_call
 
 from shared.config import MetaConfig
-from torch_impl.core.norms import PrimitiveNorms
 from shared.validation import check_tasks
+from torch_impl.core.norms import PrimitiveNorms
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Any, Any], torch.Tensor]
