@@ -65,8 +65,9 @@ class MetaMAML:
         loss_fn: ``loss_fn(outputs, labels) -> scalar tensor``; labels may be a tuple.
         vectorize: ``True`` (default): ``torch.func.vmap`` over a stacked task axis; every task must
             have the same shapes and the model must be vmappable (no ``nn.GRU``/``nn.LSTM``, no
-            data-dependent Python control flow; in second order no BatchNorm in train mode and no
-            LayerNorm). ``False``: a Python loop over the same per-task function; any model, ragged tasks.
+            data-dependent Python control flow; norm layers run from primitive ops, see
+            ``torch_impl/core/norms.py``). ``False``: a Python loop over the same per-task function; any
+            model, ragged tasks.
         compile: ``torch.compile`` the meta-gradient step (default ``False``). Compiling costs seconds
             to tens of seconds per task-batch signature (shapes, dtypes, number of tasks, structure,
             train/eval mode); each signature is compiled once and the last
