@@ -195,7 +195,7 @@ class Adapter:
             if info["skipped"] is not None:
                 break
             self._commit(out, drift)
-            info["drift"] = self.drift()
+            info["drift"] = self._drift  # the step's own drift: no walk over the module
             info["steps"] += 1
             info["updated"] = True
         self.observe(**info)
