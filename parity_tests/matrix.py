@@ -329,9 +329,10 @@ def adapter_trajectories(setup: Setup, steps: int = 20) -> list[Row]:
             j_info.append(j_adapter.update_step(loss_and_logits, data))
         telemetry = ("loss", "entropy", "grad_norm", "drift")
         comparison = compare_trees(
-            {"params": to_canonical(nnx.state(jm, nnx.Param)), "teacher": to_canonical(j_adapter.teacher),
+            {"params": to_canonical(nnx.state(jm, nnx.Param)),
+             "teacher": to_canonical(nnx.state(j_adapter.teacher_model, nnx.Param)),
              "info": {k: np.array([i[k] for i in j_info]) for k in telemetry}},
-            {"params": canonical(tm), "teacher": canonical(t_adapter.teacher),
+            {"params": canonical(tm), "teacher": canonical(t_adapter.teacher_model),
              "info": {k: np.array([i[k] for i in t_info]) for k in telemetry}},
         )
         rows.append(row(f"Adapter, {steps} steps, {optimizer} + clip, decay, trust region, mask, EMA, entropy",
@@ -371,6 +372,31 @@ def adapter_tent_batchnorm(setup: Setup, steps: int = 20) -> list[Row]:
     )
     return [row(f"Adapter TENT, {steps} steps: BatchNorm affine + running statistics (entropy loss)",
                 setup.dtype, "adapter", comparison)]
+
+
+def adapter_ema_tent_batchnorm(setup: Setup, steps: int = 20) -> list[Row]:
+    """TENT with an EMA teacher: after every step the model (BatchNorm affine parameters and running
+    statistics) and the teacher, which averages the parameters and the running statistics alike
+    (``ema_decay`` in ``AdaptationConfig``), agree between the backends."""
+    if TOLERANCES[setup.dtype]["adapter"] is None:
+        return []
+    features, hidden, classes = 6, 8, 3
+    tm, jm = twin_tent_nets(features, hidden, classes, setup.dtype, setup.sizes.seed)
+    source = torch_state(tm)
+    config = AdaptationConfig(optimizer="adam", lr=0.01, allow="bn.*", ema_decay=0.8)
+    t_adapter, j_adapter = TorchAdapter(tm.train(), config), JaxAdapter(jm, config)
+    t_steps, j_steps = {}, {}
+    for step in range(steps):
+        x = setup.array(16, features) * 1.5 + 0.7  # a shifted test distribution
+        assert t_adapter.update_step(lambda m, b: torch_entropy(m(b)), torch.from_numpy(x))["updated"]
+        assert j_adapter.update_step(lambda m, b: jax_entropy(m(b)), x)["updated"]
+        t_steps[f"step {step}"] = {"model": torch_state(tm), "teacher": torch_state(t_adapter.teacher_model)}
+        j_steps[f"step {step}"] = {"model": jax_state(jm), "teacher": jax_state(j_adapter.teacher_model)}
+    teacher, model = t_steps[f"step {steps - 1}"]["teacher"], t_steps[f"step {steps - 1}"]["model"]
+    for name in ("bn.weight", "bn.running_mean", "bn.running_var"):  # the teacher lags the model, statistics too
+        assert not np.array_equal(teacher[name], model[name]) and not np.array_equal(teacher[name], source[name]), name
+    return [row(f"Adapter with EMA teacher and BatchNorm (TENT), {steps} steps: model and teacher after each step",
+                setup.dtype, "adapter", compare_trees(j_steps, t_steps))]
 
 
 def recorded_rollouts(setup: Setup, task: str) -> tuple[list, list, Any]:
@@ -429,6 +455,7 @@ CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "meta_update_trajectories": meta_update_trajectories,
     "adapter_trajectories": adapter_trajectories,
     "adapter_tent_batchnorm": adapter_tent_batchnorm,
+    "adapter_ema_tent_batchnorm": adapter_ema_tent_batchnorm,
     "rl_losses": rl_losses,
 }
 

@@ -44,8 +44,10 @@ class AdaptationConfig:
             is an error (a typo), and so is a selection that leaves nothing to adapt.
         trust_region: max L2 distance of the adapted parameters from the source, enforced by
             projection after every step (None: off).
-        ema_decay: keep an EMA teacher of the weights, ``teacher = d * teacher + (1 - d) * w``
-            (None: off).
+        ema_decay: keep an EMA teacher, ``teacher = d * teacher + (1 - d) * w`` after every
+            committed step, over every floating variable of the model: the parameters and the
+            running statistics (BatchNorm ``running_mean``/``running_var``, NNX ``BatchStat``s);
+            integer variables (counters) are copied (None: off).
         entropy_weight: weight of the mean entropy of the discrete-action logits returned by the
             loss function (TENT); 0 turns it off.
         reset: ``"never"`` (only ``reset()``), ``"episodic"`` (``end_episode()`` resets) or
@@ -171,7 +173,8 @@ def select_parameters(names: Iterable[str], config: AdaptationConfig) -> list[st
 
     A name is chosen when it matches some ``allow`` pattern and no ``deny`` pattern. Errors
     (``ValueError``), never a silent no-op: a pattern that matches none of ``names`` (a typo), and
-    a selection that leaves nothing to adapt.
+    a selection that leaves nothing to adapt. Messages list names sorted, so that both backends
+    (whose parameter orders differ) say the same.
     """
     names = list(names)
 
@@ -181,13 +184,14 @@ def select_parameters(names: Iterable[str], config: AdaptationConfig) -> list[st
     for field in ("allow", "deny"):
         for pattern in getattr(config, field):
             if not matching(pattern):
-                raise ValueError(f"{field} pattern {pattern!r} matches none of the trainable parameters {names}")
+                raise ValueError(f"{field} pattern {pattern!r} matches none of the trainable parameters "
+                                 f"{sorted(names)}")
     allowed = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in config.allow)]
     chosen = [n for n in allowed if not any(fnmatch.fnmatchcase(n, p) for p in config.deny)]
     if not chosen:
         raise ValueError(
             f"parameter selection matches none of the trainable parameters: allow={list(config.allow)} selects "
-            f"{allowed} and deny={list(config.deny)} removes all of them"
+            f"{sorted(allowed)} and deny={list(config.deny)} removes all of them"
         )
     return chosen
 
@@ -288,6 +292,12 @@ def _value_key(value: Any, depth: int) -> Hashable:
     except TypeError:  # arrays, lists, ...: the object itself (kept alive, so its id is not reused)
         return _Identity(value)
     return (type(value), value)
+
+
+def empty_info(drift: float) -> dict[str, Any]:
+    """The ``info`` an ``update_step`` call starts from: no step taken, none skipped, the current ``drift``."""
+    return {"updated": False, "steps": 0, "loss": None, "entropy": None, "grad_norm": None, "drift": drift,
+            "skipped": None}
 
 
 class History:

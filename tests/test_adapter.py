@@ -251,7 +251,7 @@ def test_ema_teacher_follows_the_weights(backend):
     adapter.update_step(mse, batch(backend))
     current = params(backend, adapter)
     if backend is TORCH:
-        teacher = {k: v.detach().numpy() for k, v in adapter.teacher.state_dict().items()}
+        teacher = {k: v.detach().numpy() for k, v in adapter.teacher.items()}
     else:
         from jax_impl.core.params import to_canonical
 

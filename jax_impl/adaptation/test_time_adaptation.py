@@ -1,10 +1,18 @@
 """Test-time adaptation: the ``Adapter`` (ARCHITECTURE.md section 4), JAX.
 
-The line-by-line twin of ``torch_impl/adaptation/test_time_adaptation.py``. Parameters, the other
-module state (BatchNorm statistics) and the optax state are held functionally; one ``jit``-compiled
-step computes the forward (carrying the mutable state through), the gradient, the clipped and
-masked optax update, the trust-region projection and the EMA teacher, plus the checks that the
-batch, loss, gradient and result are finite; Python commits the step only when all hold.
+The Adapter updates a deployed module's weights online from a loss on test-time data, with the
+guards that the TTA literature (TENT, EATA, CoTTA, SAR) shows are needed: parameter selection,
+gradient clipping, a trust region around the source weights, an EMA teacher, resets, and skipping
+any step whose batch, loss, gradient or result is not finite (nothing changes, statistics included).
+``torch_impl/adaptation/test_time_adaptation.py`` is its line-by-line twin.
+
+One step is a chain of small pieces, each a function below, in the torch twin's order: the loss
+and its gradient, then :func:`build_optimizer`'s optax chain (``clip_by_global_norm``, the
+optimizer, masked to the selection), :func:`project_to_trust_region` and :func:`ema_update` of the
+teacher. Parameters, the other module state (BatchNorm statistics), the optax state and the teacher
+are held functionally, and one ``jit``-compiled step computes the candidate state with the checks
+that the batch, loss, gradient and result are finite; Python commits it only when all hold, so a
+failed step has nothing to roll back.
 
 Compiled steps are cached under :func:`shared.adaptation.function_key` of the loss function (its
 code and captured values, so a new ``lambda`` per call reuses the step) in a bounded LRU cache.
@@ -25,7 +33,8 @@ from flax import nnx
 from jax.interpreters import partial_eval
 
 from jax_impl.core.params import SplitCache
-from shared.adaptation import AdaptationConfig, History, function_key, select_parameters
+from shared import adaptation_messages as msg
+from shared.adaptation import AdaptationConfig, History, empty_info, function_key, select_parameters
 from shared.layout import canonical_name
 
 LossOutput = jax.Array | tuple[jax.Array, jax.Array]
@@ -38,17 +47,10 @@ def entropy(logits: jax.Array) -> jax.Array:
     return -(jnp.exp(log_p) * log_p).sum(-1).mean()
 
 
-def parameter_names(params: nnx.State) -> nnx.State:
-    """The same tree as ``params`` with each leaf replaced by its canonical name (``"B.weight"``)."""
-
-    def name(path: tuple, _: Any) -> str:
-        return canonical_name([getattr(k, "key", getattr(k, "idx", None)) for k in path if not hasattr(k, "name")])
-
-    return jax.tree_util.tree_map_with_path(name, params)
-
-
+# ---------------------------------------------------------------- the step, in small pieces
 def build_optimizer(config: AdaptationConfig, mask: nnx.State) -> optax.GradientTransformation:
-    """The optax chain that matches the torch optimizer exactly, applied to the ``mask``ed leaves only.
+    """The optax chain that matches the torch optimizer exactly, applied to the ``mask``ed leaves only,
+    with ``optax.clip_by_global_norm`` first (torch: :func:`clip_by_global_norm`).
 
     torch ``Adam(weight_decay)`` is coupled L2 (decay added to the gradient before the moments);
     ``AdamW`` decays the weights directly; ``SGD`` adds the decay, then momentum.
@@ -69,6 +71,49 @@ def build_optimizer(config: AdaptationConfig, mask: nnx.State) -> optax.Gradient
     )
 
 
+def project_to_trust_region(params: nnx.State, source: nnx.State, mask: nnx.State,
+                            radius: float | None) -> nnx.State:
+    """``params`` moved onto the ball of L2 ``radius`` around ``source`` (over the ``mask``ed leaves)
+    if they left it."""
+    if radius is None:
+        return params
+    distance = masked_distance(params, source, mask)
+    return jax.tree.map(lambda p, s: jnp.where(distance > radius, s + (p - s) * (radius / distance), p),
+                        params, source)
+
+
+def ema_update(teacher: Any, current: Any, decay: float) -> Any:
+    """``teacher = decay * teacher + (1 - decay) * current`` for every floating leaf, the running
+    statistics of BatchNorm included; integer leaves (counters, RNG keys) are copied."""
+    def follow(t: jax.Array, c: jax.Array) -> jax.Array:
+        return t * decay + (1.0 - decay) * c if jnp.issubdtype(jnp.result_type(t), jnp.inexact) else c
+
+    return jax.tree.map(follow, teacher, current)
+
+
+def masked_distance(params: nnx.State, source: nnx.State, mask: nnx.State) -> jax.Array:
+    """The L2 distance of the ``mask``ed leaves of ``params`` from ``source`` (0-d)."""
+    deltas = jax.tree.map(lambda p, s, m: p - s if m else jnp.zeros_like(p), params, source, mask)
+    return optax.tree.norm(deltas)
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating leaf of ``tree`` is free of NaN/Inf (traced; True for no such leaf)."""
+    checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+class StepOutput(NamedTuple):
+    """What the compiled step returns: the candidate state, and ``report``, the scalars that decide
+    its commit: (loss, entropy or NaN, gradient norm, drift, batch finite, result finite)."""
+
+    params: nnx.State
+    opt_state: Any
+    teacher: tuple[nnx.State, nnx.State] | None
+    rest: nnx.State
+    report: jax.Array
+
+
 class Adapter:
     """Adapts ``model``'s selected ``nnx.Param``s.
 
@@ -77,7 +122,12 @@ class Adapter:
         config: an :class:`AdaptationConfig`.
 
     ``loss_fn(model, batch)`` returns a scalar loss, or ``(loss, logits)`` when
-    ``config.entropy_weight > 0``. It is traced by ``jax.jit`` once per distinct function (see
+    ``config.entropy_weight > 0``: the mean entropy of ``logits`` is then added with that weight.
+    With ``config.ema_decay``, ``teacher`` (every variable: ``nnx.Param``s and the other state, such
+    as ``BatchStat``s) and ``teacher_model`` (a module holding them) follow the model as an
+    exponential moving average.
+
+    ``loss_fn`` is traced by ``jax.jit`` once per distinct function (see
     :func:`shared.adaptation.function_key`); at most ``cache_size`` compiled steps are kept, the
     least recently used dropped first. ``compilations`` counts the steps built so far.
     """
@@ -86,9 +136,9 @@ class Adapter:
 
     def __init__(self, model: nnx.Module, config: AdaptationConfig) -> None:
         if not isinstance(model, nnx.Module):
-            raise TypeError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
+            raise TypeError(msg.wrong_model("flax.nnx.Module", type(model).__name__))
         if not isinstance(config, AdaptationConfig):
-            raise TypeError(f"config must be an AdaptationConfig, got {type(config).__name__}")
+            raise TypeError(msg.wrong_config(type(config).__name__))
         self.model, self.config = model, config
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         names = parameter_names(params)
@@ -96,8 +146,8 @@ class Adapter:
         self.mask = jax.tree.map(lambda n: n in self.names, names)
         self.source = jax.tree.map(jnp.copy, params)  # a snapshot: nnx.state is a live view
         self.source_rest = jax.tree.map(jnp.copy, rest)
-        self.optimizer = build_optimizer(config, self.mask)
         self.history = History(config.history_size)
+        self.optimizer = build_optimizer(config, self.mask)
         self._compiled: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
         self.compilations = 0
         self._split = SplitCache(model)
@@ -108,51 +158,44 @@ class Adapter:
     def update_step(self, loss_fn: LossFn, batch: Any) -> dict[str, Any]:
         """Up to ``steps_per_call`` optimizer steps on ``loss_fn(model, batch)``.
 
-        Returns the same ``info`` as the torch Adapter, and skips a step on the same grounds
-        (``"non-finite batch"``, ``"non-finite loss"``, ``"non-finite gradient"``,
-        ``"non-finite update"``), leaving parameters, optimizer state and the other module state
-        (BatchNorm statistics) exactly as they were. A committed step writes back the state the
-        forward updated (train-mode BatchNorm statistics, as in TENT).
+        Returns ``info``: ``updated`` (any step taken), ``steps`` (steps taken), ``loss`` and
+        ``entropy`` (of the last step tried), ``grad_norm`` (before clipping), ``drift`` (L2
+        distance of the selected parameters from the source) and ``skipped`` (None, or why).
+
+        A step is skipped, and parameters, optimizer state, the other module state (BatchNorm
+        statistics) and teacher stay exactly as they were, when the batch holds NaN/Inf
+        (``"non-finite batch"``), the loss or gradient is not finite (``"non-finite loss"``,
+        ``"non-finite gradient"``), or the step would leave a non-finite parameter or optimizer
+        state (``"non-finite update"``, e.g. a huge ``lr``). After a committed step the state the
+        forward updated (train-mode BatchNorm statistics, as in TENT) is kept.
 
         Raises:
-            TypeError: ``loss_fn`` is not callable or returns no floating JAX array (a Python
-                float, say); ``batch`` holds something other than jax/numpy arrays and numbers
-                (a ``torch.Tensor``, say).
+            TypeError: ``loss_fn`` is not callable, or returns no floating array; ``batch`` holds
+                something other than jax/numpy arrays and numbers (a ``torch.Tensor``, say).
             ValueError: the loss is not a scalar, or does not depend on the selected parameters.
         """
         if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+            raise TypeError(msg.loss_fn_not_callable(type(loss_fn).__name__))
         check_batch(batch)
-        info: dict[str, Any] = {"updated": False, "steps": 0, "loss": None, "entropy": None,
-                                "grad_norm": None, "drift": self.drift(), "skipped": None}
+        info = empty_info(self.drift())
         if not self.config.enabled:
-            info["skipped"] = "disabled"
+            info["skipped"] = msg.DISABLED
             return info
         step = self._compiled_step(loss_fn, batch)
         for _ in range(self.config.steps_per_call):
             params, rest = self._split.get()
-            out = step(params, self.opt_state, self.teacher, rest, batch)
+            out = step(params, self.opt_state, self._teacher, rest, batch)
             loss, ent, norm, drift, batch_finite, result_finite = (float(v) for v in np.asarray(out.report))
             if not batch_finite:
-                info["skipped"] = "non-finite batch"
+                info["skipped"] = msg.NON_FINITE_BATCH
                 break
             info["loss"], info["grad_norm"] = loss, norm
             info["entropy"] = ent if self.config.entropy_weight > 0 else None
-            if not np.isfinite(loss):
-                info["skipped"] = "non-finite loss"
-            elif not np.isfinite(norm):
-                info["skipped"] = "non-finite gradient"
-            elif not result_finite:
-                info["skipped"] = "non-finite update"
+            info["skipped"] = msg.skip_reason(loss, norm, bool(result_finite))
             if info["skipped"] is not None:
                 break
-            if jax.tree.leaves(rest):
-                nnx.update(self.model, out.rest)  # BatchNorm statistics and other non-Param state
-            self._split.commit(out.params)
-            self.opt_state, self.teacher = out.opt_state, out.teacher
-            self.update_count += 1
-            self._drift, self._drift_params = drift, out.params
-            info["drift"] = self._drift
+            self._commit(out, drift)
+            info["drift"] = self._drift  # the step's own drift: no walk over the module
             info["steps"] += 1
             info["updated"] = True
         self.observe(**info)
@@ -168,7 +211,7 @@ class Adapter:
         """L2 distance of the selected parameters from the source parameters."""
         if self._split.get()[0] is not self._drift_params:  # recompute only if the parameters changed
             self._drift_params = self._split.get()[0]
-            self._drift = float(self._distance(self._drift_params))
+            self._drift = float(masked_distance(self._drift_params, self.source, self.mask))
         return self._drift
 
     def reset(self) -> None:
@@ -194,11 +237,15 @@ class Adapter:
                 self.reset()
 
     @property
+    def teacher(self) -> nnx.State | None:
+        """The EMA teacher's state: every variable, ``nnx.Param``s and the rest (None without
+        ``ema_decay``)."""
+        return None if self._teacher is None else nnx.merge_state(*self._teacher)
+
+    @property
     def teacher_model(self) -> nnx.Module | None:
         """The EMA teacher as a module (None without ``ema_decay``)."""
-        if self.teacher is None:
-            return None
-        return nnx.merge(self.graphdef, self.teacher, nnx.state(self.model, nnx.Not(nnx.Param)))
+        return None if self._teacher is None else nnx.merge(self.graphdef, *self._teacher)
 
     def step_key(self) -> jax.Array:
         """``fold_in(key(seed), update_count)``: JAX randomness is explicit, so a loss that needs a
@@ -206,18 +253,39 @@ class Adapter:
         return jax.random.fold_in(jax.random.key(self.config.seed), self.update_count)
 
     # ------------------------------------------------------------ internals
-    def _params(self) -> nnx.State:
-        return nnx.state(self.model, nnx.Param)
-
     def _start(self) -> None:
-        params = jax.tree.map(jnp.copy, self._params())
+        params, rest = (jax.tree.map(jnp.copy, s) for s in self._split.get())
         self.opt_state = self.optimizer.init(params)
-        self.teacher = params if self.config.ema_decay is not None else None
+        self._teacher = (params, rest) if self.config.ema_decay is not None else None
         self.update_count = 0
 
-    def _distance(self, params: nnx.State) -> jax.Array:
-        deltas = jax.tree.map(lambda p, s, m: p - s if m else jnp.zeros_like(p), params, self.source, self.mask)
-        return optax.tree.norm(deltas)
+    def _step(self, loss_fn: LossFn, params: nnx.State, opt_state: Any, teacher: Any, rest: nnx.State,
+              batch: Any) -> StepOutput:
+        """One step, traced: loss and gradient, the optax chain (clip, optimizer), trust region, EMA
+        teacher, and the finiteness checks; returns the candidate state for :meth:`_commit`."""
+        c = self.config
+        (loss, (ent, new_rest)), grads = jax.value_and_grad(
+            lambda p: self._total_loss(loss_fn, p, rest, batch), has_aux=True)(params)
+        norm = optax.tree.norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grads, self.mask))
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        params = project_to_trust_region(params, self.source, self.mask, c.trust_region)
+        if teacher is not None:
+            teacher = ema_update(teacher, (params, new_rest), c.ema_decay)
+        scalars = (loss, jnp.nan if ent is None else ent, norm, masked_distance(params, self.source, self.mask),
+                   all_finite(batch), all_finite((params, opt_state, teacher)))
+        dtype = jnp.result_type(*(x for x in scalars if isinstance(x, jax.Array) and x.dtype != jnp.bool_))
+        report = jnp.stack([jnp.asarray(x, dtype) for x in scalars])  # one transfer for all six (widening is exact)
+        return StepOutput(params, opt_state, teacher, new_rest, report)
+
+    def _commit(self, out: StepOutput, drift: float) -> None:
+        """Keep the step: the new parameters, the state the forward updated, optimizer state, teacher."""
+        if jax.tree.leaves(out.rest):
+            nnx.update(self.model, out.rest)  # BatchNorm statistics and other non-Param state
+        self._split.commit(out.params)
+        self.opt_state, self._teacher = out.opt_state, out.teacher
+        self._drift, self._drift_params = drift, out.params
+        self.update_count += 1
 
     def _compiled_step(self, loss_fn: LossFn, batch: Any) -> Callable[..., StepOutput]:
         """The jitted step for ``loss_fn`` from the LRU cache, built (and checked) on a miss."""
@@ -244,8 +312,7 @@ class Adapter:
         _, used = partial_eval.dce_jaxpr(closed.jaxpr, [True])
         selected = jax.tree.leaves(self.mask)
         if not any(u and m for u, m in zip(used[:len(selected)], selected, strict=True)):
-            raise ValueError(f"loss_fn's loss does not depend on the selected parameters {self.names} "
-                             "(a constant, or computed from other parameters only?): there is nothing to adapt")
+            raise ValueError(msg.loss_does_not_depend(self.names))
 
     def _total_loss(self, loss_fn: LossFn, params: nnx.State, rest: nnx.State,
                     batch: Any) -> tuple[jax.Array, tuple[jax.Array | None, nnx.State]]:
@@ -256,70 +323,41 @@ class Adapter:
         total = loss if ent is None else loss + self.config.entropy_weight * ent
         return total, (ent, nnx.state(model, nnx.Not(nnx.Param)))
 
-    def _step(self, loss_fn: LossFn, params: nnx.State, opt_state: Any, teacher: Any, rest: nnx.State,
-              batch: Any) -> StepOutput:
-        c = self.config
-        (loss, (ent, new_rest)), grads = jax.value_and_grad(
-            lambda p: self._total_loss(loss_fn, p, rest, batch), has_aux=True)(params)
-        norm = optax.tree.norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grads, self.mask))
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        if c.trust_region is not None:
-            distance = self._distance(params)
-            params = jax.tree.map(
-                lambda p, s: jnp.where(distance > c.trust_region, s + (p - s) * (c.trust_region / distance), p),
-                params, self.source,
-            )
-        if teacher is not None:
-            teacher = jax.tree.map(lambda t, p: t * c.ema_decay + (1.0 - c.ema_decay) * p, teacher, params)
-        scalars = (loss, jnp.nan if ent is None else ent, norm, self._distance(params), all_finite(batch),
-                   all_finite((params, opt_state, teacher)))
-        dtype = jnp.result_type(*(x for x in scalars if isinstance(x, jax.Array) and x.dtype != jnp.bool_))
-        report = jnp.stack([jnp.asarray(x, dtype) for x in scalars])  # one transfer for all six (widening is exact)
-        return StepOutput(params, opt_state, teacher, new_rest, report)
-
     def _split_loss(self, out: LossOutput) -> tuple[jax.Array, jax.Array | None]:
         if self.config.entropy_weight > 0:
             if not (isinstance(out, tuple) and len(out) == 2):
-                raise ValueError("entropy_weight > 0 needs loss_fn to return (loss, logits)")
+                raise ValueError(msg.logits_missing())
             if not _is_float_array(out[1]):
-                raise TypeError(f"loss_fn's logits must be a floating JAX array, got {_describe(out[1])}")
+                raise TypeError(msg.logits_not_floating("jax.Array", _describe(out[1])))
             loss, ent = out[0], entropy(out[1])
         else:
             loss, ent = (out[0] if isinstance(out, tuple) else out), None
         if not _is_float_array(loss):
-            raise TypeError(f"loss_fn must return a floating 0-d JAX array (or (loss, logits)), got {_describe(loss)}")
+            raise TypeError(msg.loss_not_floating("jax.Array", _describe(loss)))
         if jnp.ndim(loss) != 0:
-            raise ValueError(f"loss_fn must return a scalar (0-d) loss, got shape {jnp.shape(loss)}")
+            raise ValueError(msg.loss_not_scalar(jnp.shape(loss)))
         return loss, ent
 
 
-class StepOutput(NamedTuple):
-    """What the compiled step returns: the candidate state, and ``report``, the scalars that decide
-    its commit: (loss, entropy or NaN, gradient norm, drift, batch finite, result finite)."""
+def parameter_names(params: nnx.State) -> nnx.State:
+    """The same tree as ``params`` with each leaf replaced by its canonical name (``"B.weight"``)."""
 
-    params: nnx.State
-    opt_state: Any
-    teacher: Any
-    rest: nnx.State
-    report: jax.Array
+    def name(path: tuple, _: Any) -> str:
+        return canonical_name([getattr(k, "key", getattr(k, "idx", None)) for k in path if not hasattr(k, "name")])
 
-
-def all_finite(tree: Any) -> jax.Array:
-    """Whether every floating leaf of ``tree`` is free of NaN/Inf (traced; True for no such leaf)."""
-    checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+    return jax.tree_util.tree_map_with_path(name, params)
 
 
 def check_batch(batch: Any) -> None:
-    """Every leaf of ``batch`` must be a jax or numpy array or a Python number, else ``TypeError``."""
+    """Every leaf of ``batch`` must be a jax or numpy array or a Python number, else ``TypeError``,
+    named by its place."""
     allowed = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
     if all(isinstance(leaf, allowed) for leaf in jax.tree.leaves(batch)):
         return
     for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
         if not isinstance(leaf, allowed):
-            raise TypeError(f"expected a jax or numpy array, got {_type_name(leaf)} "
-                            f"(batch{jax.tree_util.keystr(path)})")
+            raise TypeError(msg.wrong_batch_leaf("a jax.Array or numpy array", _type_name(leaf),
+                                                 f"batch{jax.tree_util.keystr(path)}"))
 
 
 def _is_float_array(x: Any) -> bool:
@@ -327,11 +365,13 @@ def _is_float_array(x: Any) -> bool:
 
 
 def _type_name(x: Any) -> str:
+    """A torch tensor is ``torch.Tensor`` (its module named); other types by their own name."""
     kind = type(x)
     return f"{kind.__module__}.{kind.__qualname__}" if kind.__module__.startswith("torch") else kind.__qualname__
 
 
 def _describe(value: Any) -> str:
     if isinstance(value, (jax.Array, np.ndarray)):
-        return f"a {type(value).__name__} of dtype {value.dtype}"
+        kind = "jax.Array" if isinstance(value, jax.Array) else "numpy.ndarray"
+        return msg.describe(kind, str(value.dtype), value.shape)
     return _type_name(value)

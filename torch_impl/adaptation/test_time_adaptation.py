@@ -5,6 +5,12 @@ guards that the TTA literature (TENT, EATA, CoTTA, SAR) shows are needed: parame
 gradient clipping, a trust region around the source weights, an EMA teacher, resets, and skipping
 any step whose batch, loss, gradient or result is not finite (nothing changes, buffers included).
 ``jax_impl/adaptation/test_time_adaptation.py`` is its line-by-line twin.
+
+One step is a chain of small pieces, each a function below, in the order the JAX twin chains
+them with optax: the loss and its gradient, :func:`clip_by_global_norm`, the optimizer step
+(:func:`build_optimizer`), :func:`project_to_trust_region`, and, once the result is known to be
+finite, :func:`ema_update` of the teacher; a step that fails a check is rolled back
+(:class:`Rollback`), so that parameters, optimizer state and buffers are exactly as before.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.adaptation import AdaptationConfig, History, select_parameters
+from shared import adaptation_messages as msg
+from shared.adaptation import AdaptationConfig, History, empty_info, select_parameters
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[nn.Module, Any], LossOutput]
@@ -30,34 +37,110 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1).mean()
 
 
+# ---------------------------------------------------------------- the step, in small pieces
+def build_optimizer(config: AdaptationConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The torch optimizer of ``config`` over ``params`` (the selected parameters only).
+
+    ``Adam(weight_decay)`` is coupled L2 (decay added to the gradient before the moments);
+    ``AdamW`` decays the weights directly; ``SGD`` adds the decay, then momentum.
+    """
+    c = config
+    if c.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    if c.optimizer == "adam":
+        return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
+    return torch.optim.AdamW(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
+
+
+def clip_by_global_norm(grads: list[torch.Tensor], norm: torch.Tensor, max_norm: float | None) -> list[torch.Tensor]:
+    """``grads`` scaled so that their global L2 ``norm`` is at most ``max_norm`` (None: unchanged);
+    ``optax.clip_by_global_norm``'s rule, so both backends round alike."""
+    if max_norm is None or norm < max_norm:
+        return grads
+    return [g / norm * max_norm for g in grads]
+
+
+@torch.no_grad()
+def project_to_trust_region(params: list[torch.Tensor], source: list[torch.Tensor], radius: float | None) -> None:
+    """Move ``params`` (in place) onto the ball of L2 ``radius`` around ``source`` if they left it."""
+    if radius is None:
+        return
+    deltas = [p - s for p, s in zip(params, source, strict=True)]
+    distance = global_norm(deltas)
+    if distance > radius:
+        for p, s, d in zip(params, source, deltas, strict=True):
+            p.copy_(s + d * (radius / distance))
+
+
+@torch.no_grad()
+def ema_update(teacher: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor], decay: float) -> None:
+    """``teacher = decay * teacher + (1 - decay) * current`` (in place) for every floating entry, the
+    running statistics of BatchNorm included; integer entries (counters) are copied."""
+    for name, t in teacher.items():
+        if t.is_floating_point():
+            t.copy_(t * decay + (1.0 - decay) * current[name])
+        else:
+            t.copy_(current[name])
+
+
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``tensors`` taken together (0-d)."""
     return torch.sqrt(sum((t * t).sum() for t in tensors))
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite (one host sync)."""
+    return bool(torch.isfinite(torch.cat([t.reshape(-1) for t in tensors])).all()) if tensors else True
+
+
+class Rollback:
+    """A snapshot of the selected parameters, the optimizer state and the module's buffers, taken
+    before a step; :meth:`restore` puts all three back exactly (the step is then as if never tried)."""
+
+    def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+        self.params = [(p, p.detach().clone()) for p in params]
+        self.optimizer = optimizer
+        self.state = {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+                      for p, state in optimizer.state.items()}
+        self.buffers = [(b, b.clone()) for b in model.buffers()]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for tensor, saved in (*self.params, *self.buffers):
+            tensor.copy_(saved)
+        for p, _ in self.params:
+            if p in self.state:
+                self.optimizer.state[p] = self.state[p]
+            else:
+                self.optimizer.state.pop(p, None)
 
 
 class Adapter:
     """Adapts ``model``'s selected parameters in place.
 
     Args:
-        model: the deployed ``nn.Module``.
+        model: the deployed ``nn.Module``; it is updated in place after every committed step.
         config: an :class:`AdaptationConfig`.
 
     ``loss_fn(model, batch)`` returns a scalar loss, or ``(loss, logits)`` when
     ``config.entropy_weight > 0``: the mean entropy of ``logits`` is then added with that weight.
+    With ``config.ema_decay``, ``teacher`` (every parameter and buffer, by ``state_dict`` name) and
+    ``teacher_model`` (a module holding them) follow the model as an exponential moving average.
     """
 
     def __init__(self, model: nn.Module, config: AdaptationConfig) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise TypeError(msg.wrong_model("torch.nn.Module", type(model).__name__))
         if not isinstance(config, AdaptationConfig):
-            raise TypeError(f"config must be an AdaptationConfig, got {type(config).__name__}")
+            raise TypeError(msg.wrong_config(type(config).__name__))
         self.model, self.config = model, config
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         self.names = select_parameters(trainable, config)
         self.params = [model.get_parameter(n) for n in self.names]
-        self._cuda_devices = sorted({t.device.index or 0 for t in model.state_dict().values() if t.is_cuda})
-        self._drift, self._drift_key = 0.0, None
         self.source = {n: t.detach().clone() for n, t in model.state_dict().items()}
         self.history = History(config.history_size)
+        self._cuda_devices = sorted({t.device.index or 0 for t in model.state_dict().values() if t.is_cuda})
+        self._drift, self._drift_key = 0.0, None
         self._start()
 
     # ------------------------------------------------------------ public API
@@ -68,12 +151,12 @@ class Adapter:
         ``entropy`` (of the last step tried), ``grad_norm`` (before clipping), ``drift`` (L2
         distance of the selected parameters from the source) and ``skipped`` (None, or why).
 
-        A step is skipped, and parameters, optimizer state and buffers (BatchNorm statistics)
-        stay exactly as they were, when the batch holds NaN/Inf (``"non-finite batch"``: no
-        forward is run), the loss or gradient is not finite (``"non-finite loss"``,
+        A step is skipped, and parameters, optimizer state, buffers (BatchNorm statistics) and
+        teacher stay exactly as they were, when the batch holds NaN/Inf (``"non-finite batch"``:
+        no forward is run), the loss or gradient is not finite (``"non-finite loss"``,
         ``"non-finite gradient"``), or the step would leave a non-finite parameter or optimizer
-        state (``"non-finite update"``, e.g. a huge ``lr``). After a committed step the
-        buffers the forward updated (train-mode BatchNorm, as in TENT) are kept.
+        state (``"non-finite update"``, e.g. a huge ``lr``). After a committed step the buffers
+        the forward updated (train-mode BatchNorm, as in TENT) are kept.
 
         Raises:
             TypeError: ``loss_fn`` is not callable, or returns no floating tensor; ``batch`` holds
@@ -81,39 +164,31 @@ class Adapter:
             ValueError: the loss is not a scalar, or does not depend on the selected parameters.
         """
         if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
+            raise TypeError(msg.loss_fn_not_callable(type(loss_fn).__name__))
         check_batch(batch)
-        info: dict[str, Any] = {"updated": False, "steps": 0, "loss": None, "entropy": None,
-                                "grad_norm": None, "drift": self.drift(), "skipped": None}
+        info = empty_info(self.drift())
         if not self.config.enabled:
-            info["skipped"] = "disabled"
+            info["skipped"] = msg.DISABLED
             return info
         if not batch_is_finite(batch):
-            info["skipped"] = "non-finite batch"
-            self.observe(**info)
-            return info
-        for _ in range(self.config.steps_per_call):
-            buffers = self._snapshot_buffers()
+            info["skipped"] = msg.NON_FINITE_BATCH
+        for _ in range(self.config.steps_per_call if info["skipped"] is None else 0):
+            rollback = Rollback(self.params, self.optimizer, self.model)
             try:
-                loss, ent, grads = self._loss_and_grads(loss_fn, batch)
-                norm = global_norm(grads)
-                info["loss"], info["entropy"] = float(loss), None if ent is None else float(ent)
-                info["grad_norm"] = float(norm)
-                if not torch.isfinite(loss):
-                    info["skipped"] = "non-finite loss"
-                elif not torch.isfinite(norm):
-                    info["skipped"] = "non-finite gradient"
-                elif not self._apply(grads, norm):
-                    info["skipped"] = "non-finite update"
+                loss, ent, norm, result_finite = self._step(loss_fn, batch)
             except BaseException:
-                self._restore_buffers(buffers)  # the forward may have updated them before failing
+                rollback.restore()  # the forward may have updated the buffers before failing
                 raise
+            info["loss"], info["grad_norm"] = loss, norm
+            info["entropy"] = ent if self.config.entropy_weight > 0 else None
+            info["skipped"] = msg.skip_reason(loss, norm, result_finite)
             if info["skipped"] is not None:
-                self._restore_buffers(buffers)
+                rollback.restore()
                 break
+            self._commit()
+            info["drift"] = self.drift()
             info["steps"] += 1
             info["updated"] = True
-            info["drift"] = self.drift()
         self.observe(**info)
         if self.config.reset == "every_n" and self.update_count >= self.config.reset_every:
             self.reset()
@@ -130,8 +205,8 @@ class Adapter:
         key = tuple(v for p in self.params for v in (p._version, p.data_ptr()))
         if key != self._drift_key:
             with torch.no_grad():
-                deltas = [p - self.source[n] for n, p in zip(self.names, self.params, strict=True)]
-                self._drift = float(global_norm(deltas))
+                self._drift = float(global_norm([p - self.source[n] for n, p in zip(self.names, self.params,
+                                                                                     strict=True)]))
             self._drift_key = key
         return self._drift
 
@@ -158,123 +233,79 @@ class Adapter:
             if restore:
                 self.reset()
 
+    @property
+    def teacher(self) -> dict[str, torch.Tensor] | None:
+        """The EMA teacher's state: every parameter and buffer by ``state_dict`` name (None without
+        ``ema_decay``); the tensors are ``teacher_model``'s own."""
+        return None if self.teacher_model is None else self.teacher_model.state_dict()
+
     # ------------------------------------------------------------ internals
     def _start(self) -> None:
-        c = self.config
-        if c.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(self.params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        elif c.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.params, lr=c.lr, betas=c.betas, eps=c.eps,
-                                              weight_decay=c.weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=c.betas, eps=c.eps,
-                                               weight_decay=c.weight_decay)
-        self.teacher = copy.deepcopy(self.model) if c.ema_decay is not None else None
+        self.optimizer = build_optimizer(self.config, self.params)
+        self.teacher_model = copy.deepcopy(self.model) if self.config.ema_decay is not None else None
         self.update_count = 0
 
-    def _snapshot_buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(b, b.clone()) for b in self.model.buffers()]
+    def _step(self, loss_fn: LossFn, batch: Any) -> tuple[float, float, float, bool]:
+        """One step on the live model: loss and gradient, clip, optimizer step, trust region.
 
-    @staticmethod
-    @torch.no_grad()
-    def _restore_buffers(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for buffer, copy_ in saved:
-            buffer.copy_(copy_)
+        Returns ``(loss, entropy or NaN, gradient norm, result finite)``; the caller commits the
+        step or rolls it back. No optimizer step is taken when the loss or gradient is not finite.
+        """
+        c = self.config
+        with seeded(c.seed + self.update_count, self._cuda_devices):
+            loss, ent, grads = self._loss_and_grads(loss_fn, batch)
+        norm = global_norm(grads)
+        report = (float(loss), float("nan") if ent is None else float(ent), float(norm))
+        if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            return (*report, False)
+        grads = clip_by_global_norm(grads, norm, c.grad_clip_norm)
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
+        try:
+            self.optimizer.step()
+        except RuntimeError as error:  # a scalar such as lr * bias correction overflows the dtype
+            if "overflow" not in str(error):
+                raise
+            return (*report, False)
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+        project_to_trust_region(self.params, [self.source[n] for n in self.names], c.trust_region)
+        state = [v for p in self.params for v in self.optimizer.state[p].values()
+                 if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        return (*report, all_finite([*self.params, *state]))
+
+    def _commit(self) -> None:
+        """Keep the step: the EMA teacher follows the new state (buffers included); count it."""
+        if self.teacher_model is not None:
+            ema_update(self.teacher_model.state_dict(), self.model.state_dict(), self.config.ema_decay)
+        self.update_count += 1
 
     def _loss_and_grads(self, loss_fn: LossFn, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, list]:
-        with seeded(self.config.seed + self.update_count, self._cuda_devices):
-            out = loss_fn(self.model, batch)
-        loss, ent = self._split_loss(out)
+        """``(loss + entropy_weight * entropy, entropy, gradients of the selected parameters)``."""
+        loss, ent = self._split_loss(loss_fn(self.model, batch))
         total = loss if ent is None else loss + self.config.entropy_weight * ent
         if not total.requires_grad:
-            raise ValueError(self._no_dependence())
+            raise ValueError(msg.loss_does_not_depend(self.names))
         grads = torch.autograd.grad(total, self.params, allow_unused=True)
         if all(g is None for g in grads):
-            raise ValueError(self._no_dependence())
+            raise ValueError(msg.loss_does_not_depend(self.names))
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
         return total.detach(), None if ent is None else ent.detach(), grads
-
-    def _no_dependence(self) -> str:
-        return (f"loss_fn's loss does not depend on the selected parameters {self.names} (computed under "
-                "torch.no_grad(), detached, or from other parameters only?): there is nothing to adapt")
 
     def _split_loss(self, out: LossOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.config.entropy_weight > 0:
             if not (isinstance(out, tuple) and len(out) == 2):
-                raise ValueError("entropy_weight > 0 needs loss_fn to return (loss, logits)")
-            if not isinstance(out[1], torch.Tensor) or not out[1].is_floating_point():
-                raise TypeError(f"loss_fn's logits must be a floating torch.Tensor, got {_describe(out[1])}")
+                raise ValueError(msg.logits_missing())
+            if not _is_float_array(out[1]):
+                raise TypeError(msg.logits_not_floating("torch.Tensor", _describe(out[1])))
             loss, ent = out[0], entropy(out[1])
         else:
             loss, ent = (out[0] if isinstance(out, tuple) else out), None
-        if not isinstance(loss, torch.Tensor) or not loss.is_floating_point():
-            raise TypeError("loss_fn must return a floating 0-d torch.Tensor (or (loss, logits)), "
-                            f"got {_describe(loss)}")
+        if not _is_float_array(loss):
+            raise TypeError(msg.loss_not_floating("torch.Tensor", _describe(loss)))
         if loss.dim() != 0:
-            raise ValueError(f"loss_fn must return a scalar (0-d) loss, got shape {tuple(loss.shape)}")
+            raise ValueError(msg.loss_not_scalar(loss.shape))
         return loss, ent
-
-    @torch.no_grad()
-    def _apply(self, grads: list[torch.Tensor], norm: torch.Tensor) -> bool:
-        """One optimizer step, trust region and EMA; returns False, with parameters and optimizer
-        state restored, if the result is not finite."""
-        c = self.config
-        if c.grad_clip_norm is not None and norm >= c.grad_clip_norm:  # optax.clip_by_global_norm's rule
-            grads = [g / norm * c.grad_clip_norm for g in grads]
-        saved_params = [p.clone() for p in self.params]
-        saved_state = {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-                       for p, state in self.optimizer.state.items()}
-        try:
-            for p, g in zip(self.params, grads, strict=True):
-                p.grad = g
-            try:
-                self.optimizer.step()
-            except RuntimeError as error:  # a scalar such as lr * bias correction overflows the dtype
-                if "overflow" not in str(error):
-                    raise
-                finite = False
-            else:
-                if c.trust_region is not None:
-                    deltas = [p - self.source[n] for n, p in zip(self.names, self.params, strict=True)]
-                    distance = global_norm(deltas)
-                    if distance > c.trust_region:
-                        for n, p, d in zip(self.names, self.params, deltas, strict=True):
-                            p.copy_(self.source[n] + d * (c.trust_region / distance))
-                finite = all_finite([*self.params, *(v for p in self.params
-                                                      for v in self.optimizer.state[p].values()
-                                                      if isinstance(v, torch.Tensor) and v.is_floating_point())])
-        except BaseException:
-            self._restore_step(saved_params, saved_state)
-            raise
-        finally:
-            self.optimizer.zero_grad(set_to_none=True)
-        if not finite:
-            self._restore_step(saved_params, saved_state)
-            return False
-        if self.teacher is not None:
-            current = self.model.state_dict()
-            for name, t in self.teacher.state_dict().items():
-                if t.is_floating_point():
-                    t.mul_(c.ema_decay).add_(current[name], alpha=1.0 - c.ema_decay)
-                else:  # integer buffers (counters) are copied, not averaged
-                    t.copy_(current[name])
-        self.update_count += 1
-        return True
-
-    @torch.no_grad()
-    def _restore_step(self, params: list[torch.Tensor], state: dict) -> None:
-        for p, saved in zip(self.params, params, strict=True):
-            p.copy_(saved)
-        for p in self.params:
-            if p in state:
-                self.optimizer.state[p] = state[p]
-            else:
-                self.optimizer.state.pop(p, None)
-
-
-def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether every element of every tensor is finite (one host sync)."""
-    return bool(torch.isfinite(torch.cat([t.reshape(-1) for t in tensors])).all()) if tensors else True
 
 
 @contextlib.contextmanager
@@ -292,8 +323,7 @@ def seeded(seed: int, cuda_devices: list[int]) -> Iterator[None]:
 def check_batch(batch: Any, where: str = "batch") -> None:
     """A JAX array anywhere in ``batch`` (tuples, lists, dicts) is a ``TypeError``, named by its place."""
     if type(batch).__module__.startswith(("jax", "jaxlib")):
-        raise TypeError(f"expected a torch.Tensor or numpy array, got {type(batch).__module__}."
-                        f"{type(batch).__qualname__} ({where})")
+        raise TypeError(msg.wrong_batch_leaf("a torch.Tensor or numpy array", _type_name(batch), where))
     if isinstance(batch, Mapping):
         for key, value in batch.items():
             check_batch(value, f"{where}[{key!r}]")
@@ -316,7 +346,17 @@ def batch_is_finite(batch: Any) -> bool:
     return True
 
 
+def _is_float_array(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
+
+
+def _type_name(x: Any) -> str:
+    """A JAX array is ``jax.Array`` (not its implementation class); other types by their own name."""
+    kind = type(x)
+    return "jax.Array" if kind.__module__.startswith(("jax", "jaxlib")) else kind.__qualname__
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor"
-    return type(value).__name__
+        return msg.describe("torch.Tensor", str(value.dtype).removeprefix("torch."), value.shape)
+    return _type_name(value)

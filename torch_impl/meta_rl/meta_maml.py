@@ -29,6 +29,7 @@ from torch.func import functional_call
 
 from shared.config import MetaConfig
 from shared.validation import check_tasks
+from torch_impl.core.norms import PrimitiveNorms
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -36,9 +37,6 @@ Task = tuple[Any, Any, Any, Any]
 
 # The number of compiled meta-gradient steps kept per MetaMAML (least recently used is dropped).
 COMPILED_CACHE_SIZE = 8
-# Modules whose second derivative torch.func.vmap gets wrong in torch 2.13 (grad of vmap of grad
-# through batch_norm / layer_norm differs from autograd by ~1e-3; see docs/guides/meta-maml.md).
-_VMAP_SECOND_ORDER_UNSAFE = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
 
 
 def mse(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -67,8 +65,9 @@ class MetaMAML:
         loss_fn: ``loss_fn(outputs, labels) -> scalar tensor``; labels may be a tuple.
         vectorize: ``True`` (default): ``torch.func.vmap`` over a stacked task axis; every task must
             have the same shapes and the model must be vmappable (no ``nn.GRU``/``nn.LSTM``, no
-            data-dependent Python control flow; in second order no BatchNorm in train mode and no
-            LayerNorm). ``False``: a Python loop over the same per-task function; any model, ragged tasks.
+            data-dependent Python control flow; norm layers run from primitive ops, see
+            ``torch_impl/core/norms.py``). ``False``: a Python loop over the same per-task function; any
+            model, ragged tasks.
         compile: ``torch.compile`` the meta-gradient step (default ``False``). Compiling costs seconds
             to tens of seconds per task-batch signature (shapes, dtypes, number of tasks, structure,
             train/eval mode); each signature is compiled once and the last
@@ -165,7 +164,8 @@ class MetaMAML:
         whose tensors carry a leading task axis (``rest``'s buffers too); without, a list of tasks."""
         if self.vectorize:
             in_dims = {name: 0 if name in self._buffer_names else None for name in rest}
-            return torch.func.vmap(self.task_query_loss, in_dims=(None, in_dims, 0))(params, rest, tasks).mean()
+            with PrimitiveNorms():  # vmap's second-order norm backward is wrong (torch_impl/core/norms.py)
+                return torch.func.vmap(self.task_query_loss, in_dims=(None, in_dims, 0))(params, rest, tasks).mean()
         return torch.stack([self.task_query_loss(params, rest, task) for task in tasks]).mean()
 
     def meta_step(self, params: Params, rest: Params, tasks: Any) -> tuple[Params, torch.Tensor]:
@@ -322,13 +322,6 @@ class MetaMAML:
 
     # ------------------------------------------------------------ checks (the public boundary)
     def _check_vectorizable(self, tasks: list[Task]) -> None:
-        if not self.first_order:
-            unsafe = sorted({type(m).__name__ for m in self.model.modules() if isinstance(m, _VMAP_SECOND_ORDER_UNSAFE)
-                             and (m.training or not isinstance(m, nn.modules.batchnorm._BatchNorm))})
-            if unsafe:
-                raise ValueError(
-                    f"the model contains {unsafe}: torch.func.vmap gives wrong second-order gradients through "
-                    "batch_norm/layer_norm (torch 2.13); use MetaMAML(..., vectorize=False) (or first_order=True)")
         first = _signature(tasks[0])
         for i, task in enumerate(tasks[1:], start=1):
             if _signature(task) != first:
