@@ -56,3 +56,17 @@ def draw_noise(distribution: TaskDistribution, rng: np.random.Generator, n_tasks
     if distribution.discrete:
         return RolloutNoise(rng.random((*shape, distribution.action_dim)), rng.random(shape))
     return RolloutNoise(rng.standard_normal((*shape, distribution.action_dim)))
+
+
+def check_noise(noise: RolloutNoise, n_tasks: int, episodes: int, distribution: TaskDistribution) -> None:
+    """``noise`` has the shapes :func:`draw_noise` gives for these sizes; ``ValueError`` naming the mismatch."""
+    if not isinstance(noise, RolloutNoise):
+        raise TypeError(f"noise must be a RolloutNoise, got {type(noise).__name__}")
+    shape = (2, n_tasks, episodes, distribution.horizon)
+    expected = {"actions": (*shape, distribution.action_dim), "rewards": shape if distribution.discrete else None}
+    for name, want in expected.items():
+        value = getattr(noise, name)
+        got = None if value is None else np.shape(value)
+        if got != want:
+            raise ValueError(f"noise.{name} must have shape {want} for {n_tasks} tasks x {episodes} episodes x "
+                             f"{distribution.horizon} steps of {distribution.name!r}, got {got}")

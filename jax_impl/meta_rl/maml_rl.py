@@ -105,6 +105,10 @@ class MAMLRL:
     def meta_params(self) -> Params:
         return jax.tree.map(jnp.copy, nnx.state(self.policy, nnx.Param))
 
+    def state(self) -> tuple[Params, nnx.State]:
+        """``(params, rest)``: the policy's live parameters and other variables (no copies)."""
+        return self._split.get()
+
     def rest(self) -> nnx.State:
         """The policy's non-Param variables (what ``nnx.merge`` needs besides the parameters)."""
         return self._split.get()[1]
