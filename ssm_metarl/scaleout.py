@@ -117,7 +117,11 @@ def connect() -> Ranks | None:
     return Ranks(rank, world, dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=24)))
 
 
-def check_backend(ranks: Ranks | None, backends: list[str]) -> None:
+def check_backend(ranks: Ranks | None, backends: list[str], rollouts: list[str] | None = None) -> None:
+    """torchrun shards the torch backend's runner path; anything else is refused before any compute."""
+    if ranks is not None and any(r != "runner" for r in rollouts or []):
+        raise ValueError("torchrun shards the runner path by task (--rollouts runner); the native path is one "
+                         "compiled program per meta-iteration and runs in one process")
     if ranks is not None and any(b != "torch" for b in backends):
         raise ValueError("torchrun runs the torch backend (--backend torch); the JAX backend scales over the "
                          "devices of a jax.sharding.Mesh (jax_impl.meta_rl.distributed), see README 'Scaling out'")

@@ -231,7 +231,12 @@ class NativeMAMLRL:
     def iteration(self, tasks: list[Task] | np.ndarray, noise: RolloutNoise) -> dict[str, float]:
         """One whole meta-iteration, committed through MetaMAML's guarded step (``apply_meta_gradient``)."""
         params = {name: p.detach() for name, p in self.maml.trainable_parameters().items()}
-        grads, loss, pre, post = self._program()(params, self.maml.rest(), *self.arrays(tasks, noise))
+        inputs = self.arrays(tasks, noise)
+        try:
+            grads, loss, pre, post = self._program()(params, self.maml.rest(), *inputs)
+        except RuntimeError as err:  # e.g. LAPACK refusing a NaN baseline fit: nothing has been committed
+            raise ValueError(f"meta-iteration failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                             "the model was not changed") from err
         if not bool(torch.isfinite(loss)):
             raise ValueError("meta-iteration: the query loss is NaN/Inf; the model was not changed")
         self.maml.apply_meta_gradient({name: g.detach().clone() for name, g in grads.items()})
