@@ -4,10 +4,13 @@ The environments are written in torch (:func:`nav2d_step`, :func:`bandit_step`, 
 numpy ones in ``shared/env_runner/envs.py``), the time loop (:func:`time_loop`) steps every task's
 episodes at once with the parameters stacked over tasks, the advantages are the twin of
 ``shared/rl.py``, the inner loop is ``torch.func.vmap`` of ``MetaMAML.inner_loop`` and the
-meta-gradient ``torch.func.grad_and_value`` of ``MetaMAML.meta_loss``. :meth:`NativeMAMLRL.program`
-is all of it as one function, run under ``torch.compile`` (``compile=True``, the default; CUDA
-graphs on a GPU) or eagerly (``compile=False``, the same maths). The step is then committed through
-``MetaMAML.apply_meta_gradient`` (guarded). Randomness is injected as numpy arrays
+meta-gradient ``torch.func.grad_and_value`` of ``MetaMAML.meta_loss``. :meth:`NativeMAMLRL.program` is one
+meta-iteration in three compiled parts (``compile=True``, the default; CUDA graphs on a GPU): the
+time step (:func:`transition`, called ``T`` times per rollout), the support advantages with the
+vectorised inner loop, and the query advantages with the meta-gradient. ``compile=False`` runs the
+same maths eagerly. (One graph for the whole iteration unrolls 2T time steps: its compile did not
+finish in 15 minutes on a loaded 2-core machine, so the loop over time stays in Python.) The step is
+then committed through ``MetaMAML.apply_meta_gradient`` (guarded). Randomness is injected as numpy arrays
 (``shared.native_noise``), so given the same noise both backends compute the same iteration.
 
 Shapes: ``K`` tasks, ``E`` episodes per task, ``T`` steps; observations ``(K, E, T, obs_dim)``.
@@ -67,29 +70,39 @@ def bandit_step(env_state: torch.Tensor, action: torch.Tensor, means: torch.Tens
     return obs, reward, obs
 
 
-def time_loop(act: Callable, env_step: Callable, tasks: torch.Tensor, carry: tuple, action_noise: torch.Tensor,
-              reward_noise: torch.Tensor | None, discrete: bool) -> tuple[tuple, tuple]:
+def transition(act: Callable, weights: Params, env_step: Callable, tasks: torch.Tensor, carry: tuple,
+               action_noise: torch.Tensor, reward_noise: torch.Tensor | None,
+               discrete: bool) -> tuple[tuple, tuple]:
+    """One time step of ``K x E`` episodes: ``(carry, (obs, action, reward))`` (see :func:`time_loop`)."""
+    obs, state, env_state = carry
+    dist_params, state = act(weights, obs, state)
+    action = sample_actions(dist_params, action_noise, discrete)
+    next_obs, reward, env_state = env_step(env_state, action, tasks.unsqueeze(1), reward_noise)
+    return (next_obs, state, env_state), (obs, action, reward)
+
+
+def time_loop(act: Callable, weights: Params, env_step: Callable, tasks: torch.Tensor, carry: tuple,
+              action_noise: torch.Tensor, reward_noise: torch.Tensor | None, discrete: bool,
+              step: Callable = transition) -> tuple[tuple, tuple]:
     """``T`` steps of ``K x E`` parallel episodes.
 
-    ``act(obs (K, E, I), policy_state (K, E, S)) -> (dist_params, policy_state)``; ``env_step`` is
-    :func:`nav2d_step` or :func:`bandit_step`; ``tasks (K, P)``; ``carry = (obs, policy_state,
-    env_state)`` at the start (zeros for a fresh episode; pass the previous final carry to continue
-    across episodes); ``action_noise (K, E, T, ...)``, ``reward_noise (K, E, T)`` (bandits) or ``None``.
+    ``act(weights, obs (K, E, I), policy_state (K, E, S)) -> (dist_params, policy_state)``;
+    ``env_step`` is :func:`nav2d_step` or :func:`bandit_step`; ``tasks (K, P)``; ``carry = (obs,
+    policy_state, env_state)`` at the start (zeros for a fresh episode; pass the previous final carry
+    to continue across episodes); ``action_noise (K, E, T, ...)``, ``reward_noise (K, E, T)``
+    (bandits) or ``None``; ``step`` is :func:`transition` or a compiled copy of it.
     Returns ``(final carry, (obs, actions, rewards))`` with ``(K, E, T, ...)`` tensors.
     """
-    obs, state, env_state = carry
-    task = tasks.unsqueeze(1)  # (K, 1, P) against (K, E, ...)
     observations, actions, rewards = [], [], []
     for t in range(action_noise.shape[2]):
-        dist_params, state = act(obs, state)
-        action = sample_actions(dist_params, action_noise[:, :, t], discrete)
+        uniform = None if reward_noise is None else reward_noise[:, :, t]
+        carry, (obs, action, reward) = step(act, weights, env_step, tasks, carry, action_noise[:, :, t], uniform,
+                                            discrete)
         observations.append(obs)
         actions.append(action)
-        uniform = None if reward_noise is None else reward_noise[:, :, t]
-        obs, reward, env_state = env_step(env_state, action, task, uniform)
         rewards.append(reward)
     history = (torch.stack(observations, 2), torch.stack(actions, 2), torch.stack(rewards, 2))
-    return (obs, state, env_state), history
+    return carry, history
 
 
 # ------------------------------------------------------------------------- advantages
@@ -154,8 +167,8 @@ class NativeMAMLRL:
         learner: the PyTorch :class:`MAMLRL` whose policy is meta-trained.
         distribution: a Nav2D or bandit task distribution (else ``ValueError`` naming those families).
         episodes_per_task: ``E``.
-        compile: run :meth:`program` under ``torch.compile`` (compiled once per task count and dtype);
-            ``False`` runs the same maths eagerly.
+        compile: run :meth:`program`'s parts under ``torch.compile`` (compiled once per task count,
+            episode count and dtype); ``False`` runs the same maths eagerly.
     """
 
     def __init__(self, learner: MAMLRL, distribution: TaskDistribution, episodes_per_task: int, *,
@@ -166,7 +179,23 @@ class NativeMAMLRL:
         self.discrete = isinstance(distribution, BernoulliBandits)
         self.env_step = bandit_step if self.discrete else nav2d_step
         self.compile = compile
-        self._compiled: Callable | None = None
+        parts = {"transition": transition, "support_and_adapted": self.support_and_adapted,
+                 "meta_gradient": self.meta_gradient}
+        if compile:
+            cuda = next(learner.policy.parameters()).is_cuda
+            options = {"dynamic": False, "mode": "reduce-overhead" if cuda else None}  # CUDA graphs on a GPU
+            parts = {name: torch.compile(part, **options) for name, part in parts.items()}
+        self._parts = parts
+
+    def act_shared(self, weights: Params, obs: torch.Tensor, state: torch.Tensor) -> tuple:
+        """Every task acts with the same ``weights``: one batched step over ``K * E`` episodes."""
+        k, e = obs.shape[:2]
+        out, state = self.learner.policy.act_step(weights, obs.reshape(k * e, -1), state.reshape(k * e, -1))
+        return out.reshape(k, e, -1), state.reshape(k, e, -1)
+
+    def act_stacked(self, weights: Params, obs: torch.Tensor, state: torch.Tensor) -> tuple:
+        """Task ``i`` acts with ``weights[name][i]`` (parameters stacked over tasks)."""
+        return self.learner.policy.act_step(weights, obs, state)
 
     def rollouts(self, params: Params, tasks: torch.Tensor, action_noise: torch.Tensor,
                  reward_noise: torch.Tensor | None, stacked: bool = False) -> tuple:
@@ -175,36 +204,39 @@ class NativeMAMLRL:
         ``params`` are shared by the tasks, or stacked over them (a leading ``K`` axis) if ``stacked``.
         """
         k, e = action_noise.shape[:2]
-        step = self.learner.policy.act_step
         weights = {name: value.detach() for name, value in params.items()}
-
-        def act(obs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            if stacked:
-                return step(weights, obs, state)
-            out, state = step(weights, obs.reshape(k * e, -1), state.reshape(k * e, -1))
-            return out.reshape(k, e, -1), state.reshape(k, e, -1)
-
-        dtype = action_noise.dtype
-        obs0 = torch.zeros(k, e, self.distribution.obs_dim, dtype=dtype, device=action_noise.device)
-        carry = (obs0, torch.zeros(k, e, self.learner.policy.ssm.config.state_dim, dtype=dtype,
-                                   device=action_noise.device), obs0)
+        dtype, device = action_noise.dtype, action_noise.device
+        obs0 = torch.zeros(k, e, self.distribution.obs_dim, dtype=dtype, device=device)
+        carry = (obs0, torch.zeros(k, e, self.learner.policy.ssm.config.state_dim, dtype=dtype, device=device), obs0)
+        act = self.act_stacked if stacked else self.act_shared
         with torch.no_grad():
-            _, (obs, actions, rewards) = time_loop(act, self.env_step, tasks, carry, action_noise, reward_noise,
-                                                   self.discrete)
+            _, (obs, actions, rewards) = time_loop(act, weights, self.env_step, tasks, carry, action_noise,
+                                                   reward_noise, self.discrete, self._parts["transition"])
         return obs, actions, rewards, torch.ones_like(rewards)
+
+    def support_and_adapted(self, params: Params, rest: Params, obs: torch.Tensor, actions: torch.Tensor,
+                            rewards: torch.Tensor, mask: torch.Tensor) -> tuple:
+        """Pure: the support batch (with advantages) and every task's adapted parameters (one vmap)."""
+        support = (obs, (actions, torch.func.vmap(advantages)(obs, rewards, mask), mask))
+        adapted = torch.func.vmap(self.maml.inner_loop, in_dims=(None, None, 0, 0))(params, rest, *support)
+        return support, {name: value.detach() for name, value in adapted.items()}
+
+    def meta_gradient(self, params: Params, rest: Params, support: tuple, obs: torch.Tensor, actions: torch.Tensor,
+                      rewards: torch.Tensor, mask: torch.Tensor) -> tuple:
+        """Pure: the query batch's advantages, then ``(meta-gradient, loss)`` of ``MetaMAML.meta_loss``."""
+        query = (obs, (actions, torch.func.vmap(advantages)(obs, rewards, mask), mask))
+        return torch.func.grad_and_value(self.maml.meta_loss)(params, rest, (*support, *query))
 
     def program(self, params: Params, rest: Params, tasks: torch.Tensor, action_noise: torch.Tensor,
                 reward_noise: torch.Tensor | None) -> tuple:
-        """Pure: one meta-iteration's ``(meta-gradient, loss, pre-adaptation return, post-adaptation return)``."""
-        per_task_advantages = torch.func.vmap(advantages)
+        """One meta-iteration's ``(meta-gradient, loss, pre-adaptation return, post-adaptation return)``."""
+        parts = self._parts
         pre_noise = None if reward_noise is None else reward_noise[0]
         post_noise = None if reward_noise is None else reward_noise[1]
         obs, actions, rewards, mask = self.rollouts(params, tasks, action_noise[0], pre_noise)
-        support = (obs, (actions, per_task_advantages(obs, rewards, mask), mask))
-        adapted = torch.func.vmap(self.maml.inner_loop, in_dims=(None, None, 0, 0))(params, rest, *support)
+        support, adapted = parts["support_and_adapted"](params, rest, obs, actions, rewards, mask)
         q_obs, q_actions, q_rewards, q_mask = self.rollouts(adapted, tasks, action_noise[1], post_noise, stacked=True)
-        query = (q_obs, (q_actions, per_task_advantages(q_obs, q_rewards, q_mask), q_mask))
-        grads, loss = torch.func.grad_and_value(self.maml.meta_loss)(params, rest, (*support, *query))
+        grads, loss = parts["meta_gradient"](params, rest, support, q_obs, q_actions, q_rewards, q_mask)
         return grads, loss, rewards.sum(-1).mean(), q_rewards.sum(-1).mean()
 
     def arrays(self, tasks: list[Task] | np.ndarray, noise: RolloutNoise) -> tuple:
@@ -219,21 +251,12 @@ class NativeMAMLRL:
 
         return tensor(tasks), tensor(noise.actions), tensor(noise.rewards)
 
-    def _program(self) -> Callable:
-        if not self.compile:
-            return self.program
-        if self._compiled is None:
-            cuda = next(self.learner.policy.parameters()).is_cuda
-            self._compiled = torch.compile(self.program, dynamic=False,
-                                           mode="reduce-overhead" if cuda else None)  # CUDA graphs on a GPU
-        return self._compiled
-
     def iteration(self, tasks: list[Task] | np.ndarray, noise: RolloutNoise) -> dict[str, float]:
         """One whole meta-iteration, committed through MetaMAML's guarded step (``apply_meta_gradient``)."""
         params = {name: p.detach() for name, p in self.maml.trainable_parameters().items()}
         inputs = self.arrays(tasks, noise)
         try:
-            grads, loss, pre, post = self._program()(params, self.maml.rest(), *inputs)
+            grads, loss, pre, post = self.program(params, self.maml.rest(), *inputs)
         except RuntimeError as err:  # e.g. LAPACK refusing a NaN baseline fit: nothing has been committed
             raise ValueError(f"meta-iteration failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
                              "the model was not changed") from err
