@@ -46,7 +46,8 @@ def test_per_task_rollouts_do_not_depend_on_the_split(task: str) -> None:
         rollout_per_task(dist, tasks, seeds[:2], 3, act, None)
 
 
-CONFIG = {"task": "nav2d", "rollouts": "runner", "iterations": 6, "meta_batch": 3, "episodes": 2, "eval_tasks": 2, "eval_episodes": 2}
+CONFIG = {"task": "nav2d", "rollouts": "runner", "iterations": 6, "meta_batch": 3, "episodes": 2, "eval_tasks": 2,
+          "eval_episodes": 2}
 
 
 def one_worker_run() -> tuple[list[dict], dict[str, np.ndarray]]:

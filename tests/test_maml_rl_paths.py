@@ -125,7 +125,7 @@ def test_resume_refuses_an_incompatible_configuration_and_a_corrupt_file(tmp_pat
     with pytest.raises(TrainingInterrupted):
         train(config, output, checkpoint_every=100, on_iteration=stop)
     staged = staging_dir(output)
-    with pytest.raises(ValueError, match="incompatible configuration.*hidden_dim"):
+    with pytest.raises(ValueError, match=r"incompatible configuration.*hidden_dim"):
         TrainingSession(dataclasses.replace(config, hidden_dim=16), staged)
     resume = staged / checkpoint.RESUME_FILE
     resume.write_bytes(resume.read_bytes()[:100])
@@ -138,3 +138,22 @@ def test_native_rollouts_for_a_family_without_native_dynamics_name_the_families_
     with pytest.raises(ValueError, match=r"\['nav2d', 'bandit'\].*--rollouts runner"):
         TrainConfig(task=task, rollouts="native")
     assert TrainConfig(task=task).rollouts == "runner" and TrainConfig(task="bandit").rollouts == "native"
+
+
+def test_the_compiled_torch_native_iteration_equals_its_eager_form():
+    """torch.compile (the training default) computes the eager program's numbers: three iterations, float64."""
+    distribution = SHORT["nav2d"]
+    config = TrainConfig(task="nav2d", state_dim=4, hidden_dim=8)
+    weights = {k: v.astype(np.float64) for k, v in initial_weights(config, distribution).items()}
+    runs = {}
+    for compiled in (False, True):
+        learner = make_learner(config, distribution, weights)
+        native, meta_env = learner.native(distribution, 2, compile=compiled), MetaEnvironment(distribution, seed=0)
+        metrics = [native.iteration(meta_env.sample_tasks(2), draw_noise(distribution, meta_env.rng, 2, 2))
+                   for _ in range(3)]
+        runs[compiled] = (learner.canonical_weights(), metrics)
+    for name, value in runs[False][0].items():
+        np.testing.assert_allclose(runs[True][0][name], value, rtol=1e-12, atol=1e-14, err_msg=name)
+    assert runs[True][0]["ssm.B.weight"].tolist() != weights["ssm.B.weight"].tolist()  # the steps were taken
+    for a, b in zip(runs[True][1], runs[False][1], strict=True):
+        assert a == pytest.approx(b, rel=1e-12)

@@ -10,6 +10,7 @@ backend-neutral runner in ``shared.env_runner`` through :meth:`MAMLRL.act_fn`, o
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from shared.learner import ADAM_MOMENTS, ADAM_STEP, Batch, check_optimizer_state
 from shared.rl import RLBatch
 from torch_impl.core.ssm import SSM, ssm_step
 from torch_impl.meta_rl.meta_maml import MetaMAML, Params
+
+COMPILE_ENV = "SSM_METARL_TORCH_COMPILE"  # "0": the native path runs eagerly (see MAMLRL.native)
 
 
 class SSMPolicy(nn.Module):
@@ -246,10 +249,16 @@ class MAMLRL:
         return self.maml.meta_gradient(self._tasks(pairs))
 
     # ------------------------------------------------------------ other paths
-    def native(self, distribution: Any, episodes_per_task: int, *, compile: bool = True) -> Any:
-        """The in-graph rollout path (``torch_impl.meta_rl.native``) for Nav2D or bandits."""
+    def native(self, distribution: Any, episodes_per_task: int, *, compile: bool | None = None) -> Any:
+        """The in-graph rollout path (``torch_impl.meta_rl.native``) for Nav2D or bandits.
+
+        ``compile=None`` compiles unless the environment sets ``SSM_METARL_TORCH_COMPILE=0`` (the eager
+        form: the same maths without the compile time, e.g. for short runs and tests).
+        """
         from torch_impl.meta_rl.native import NativeMAMLRL
 
+        if compile is None:
+            compile = os.environ.get(COMPILE_ENV, "1") != "0"
         return NativeMAMLRL(self, distribution, episodes_per_task, compile=compile)
 
     def adapter(self, config: Any) -> Any:
