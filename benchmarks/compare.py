@@ -116,8 +116,9 @@ def worker(threads: int, device: str, quick: bool, compile_torch: bool, out: Pat
     rl_compile: dict[str, float] = {}
     if "rl_iteration" in cases:
         tasks, episodes = sizes["rl"]
-        run("rl_iteration", f"{tasks}x{episodes}x100", w.rl_iteration(tasks, episodes))
-        rl_compile = w.rl_compile_seconds(tasks, episodes)  # reported apart from the steady-state medians
+        run("rl_iteration", f"{tasks}x{episodes}x100", w.rl_iteration(tasks, episodes, torch_compile=compile_torch))
+        # compile seconds of the native paths, reported apart from the steady-state medians
+        rl_compile = w.rl_compile_seconds(tasks, episodes, ("torch", "jax") if compile_torch else ("jax",))
     memory: dict[str, Any] = {"jax_floor_temp_bytes": {}, "torch_peak_rss_bytes": {}}
     for k in sizes["memory_ks"] if "memory" in cases and memory else []:
         memory["jax_floor_temp_bytes"][k] = w.maml_memory_jax(d, k)

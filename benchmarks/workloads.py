@@ -388,14 +388,17 @@ def rl_iteration(tasks: int = 20, episodes: int = 20, torch_compile: bool = True
     return out
 
 
-def rl_compile_seconds(tasks: int = 20, episodes: int = 20) -> dict[str, float]:
+def rl_compile_seconds(tasks: int = 20, episodes: int = 20,
+                       backends: tuple[str, ...] = ("torch", "jax")) -> dict[str, float]:
     """Seconds each native path spends compiling in its first meta-iteration (fresh learners)."""
     from shared.native_noise import draw_noise
     from ssm_metarl.compile_time import compile_seconds
 
     out = {}
     for backend, (learner, meta_env) in rl_learners(tasks, episodes).items():
-        native = learner.native(meta_env.distribution, episodes)
+        if backend not in backends:
+            continue
+        native = learner.native(meta_env.distribution, episodes, **({"compile": True} if backend == "torch" else {}))
         before = compile_seconds(backend)
         native.iteration(meta_env.sample_tasks(tasks), draw_noise(meta_env.distribution, meta_env.rng, tasks,
                                                                   episodes))
