@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.config import from_dict
 from shared.env_runner import get_distribution
 from shared.env_runner.tasks import TaskDistribution
 from shared.learner import ROLLOUTS, MetaRLLearner
@@ -96,6 +97,16 @@ class TrainConfig:
 FILE_KEYS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed"] + ["seeds"]
 # Fields that may change when a run resumes: the backend (the state is saved in a canonical layout).
 RESUMABLE_CHANGES = ("backend",)
+
+
+def saved_config(values: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` a checkpoint's metadata holds; files from before the ``rollouts`` field
+    (``native = true|false``, which only the JAX backend read) map onto the path they ran."""
+    values = dict(values)
+    if "native" in values and "rollouts" not in values:
+        native = values.pop("native") and values.get("backend") == "jax" and values.get("task") in NATIVE_TASKS
+        values["rollouts"] = "native" if native else "runner"
+    return from_dict(TrainConfig, values)
 
 
 def check_seeds(seeds: list[int]) -> None:

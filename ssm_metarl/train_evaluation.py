@@ -12,14 +12,13 @@ from typing import Any
 import numpy as np
 
 from shared.adaptation import AdaptationConfig
-from shared.config import from_dict
 from shared.env_runner import MetaEnvironment, get_distribution
 from shared.env_runner.tasks import TaskDistribution
 from shared.weights import check_weights, load_weights
 from ssm_metarl import plots, rundir
 from ssm_metarl.rl_loop import batches, evaluate, rollout
 from ssm_metarl.runinfo import RETURN_MEANING, run_info
-from ssm_metarl.train_config import TrainConfig, expected_layout, make_learner, report_config
+from ssm_metarl.train_config import TrainConfig, expected_layout, make_learner, report_config, saved_config
 from ssm_metarl.train_reports import print_report, summarize, write_json
 
 
@@ -64,7 +63,7 @@ def load_checkpoint(path: Path, backend: str | None = None) -> tuple[Any, TrainC
     tensors, meta = load_weights(path)
     if "train" not in meta:
         raise ValueError(f"{str(path)!r} is a weight file but not an ssm-metarl train checkpoint (no 'train' config)")
-    config = from_dict(TrainConfig, meta["train"])
+    config = saved_config(meta["train"])
     if backend is not None:
         config = dataclasses.replace(config, backend=backend)
     distribution = get_distribution(config.task)

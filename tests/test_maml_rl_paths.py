@@ -157,3 +157,13 @@ def test_the_compiled_torch_native_iteration_equals_its_eager_form():
     assert runs[True][0]["ssm.B.weight"].tolist() != weights["ssm.B.weight"].tolist()  # the steps were taken
     for a, b in zip(runs[True][1], runs[False][1], strict=True):
         assert a == pytest.approx(b, rel=1e-12)
+
+
+def test_a_checkpoint_from_before_the_rollouts_field_reads_as_the_path_it_ran():
+    from ssm_metarl.train_config import saved_config
+
+    assert saved_config({"backend": "jax", "task": "nav2d", "native": True}).rollouts == "native"
+    assert saved_config({"backend": "torch", "task": "nav2d", "native": True}).rollouts == "runner"
+    assert saved_config({"backend": "jax", "task": "bandit", "native": False}).rollouts == "runner"
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        saved_config({"task": "nav2d", "nope": 1})
