@@ -113,9 +113,12 @@ def worker(threads: int, device: str, quick: bool, compile_torch: bool, out: Pat
                 run(f"meta_update_{order}", mb, contenders, flops)
     if "adapter_step" in cases:
         run("adapter_step", d.batch, w.adapter_step(d, device))
+    rl_compile: dict[str, float] = {}
     if "rl_iteration" in cases:
         tasks, episodes = sizes["rl"]
-        run("rl_iteration", f"{tasks}x{episodes}x100", w.rl_iteration(tasks, episodes))
+        run("rl_iteration", f"{tasks}x{episodes}x100", w.rl_iteration(tasks, episodes, torch_compile=compile_torch))
+        # compile seconds of the native paths, reported apart from the steady-state medians
+        rl_compile = w.rl_compile_seconds(tasks, episodes, ("torch", "jax") if compile_torch else ("jax",))
     memory: dict[str, Any] = {"jax_floor_temp_bytes": {}, "torch_peak_rss_bytes": {}}
     for k in sizes["memory_ks"] if "memory" in cases and memory else []:
         memory["jax_floor_temp_bytes"][k] = w.maml_memory_jax(d, k)
@@ -127,7 +130,7 @@ def worker(threads: int, device: str, quick: bool, compile_torch: bool, out: Pat
     env = environment(threads, device)
     env["torch_compile_in_this_process"] = compile_torch
     payload = {"environment": env, "matmul": matmul_peak(threads, device), "memory": memory,
-               "results": [r.to_dict() for r in results]}
+               "rl_compile_seconds": rl_compile, "results": [r.to_dict() for r in results]}
     out.write_text(json.dumps(payload))
 
 

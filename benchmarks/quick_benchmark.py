@@ -34,7 +34,7 @@ def checks() -> list[tuple[str, str, Callable[[], Any], Callable[[Any], None]]]:
     t_loop = w.TorchMAML(w.torch_model(d, {k: v.detach().numpy() for k, v in t.state_dict().items()}), 0.01, 0.001,
                          vectorize=False)
     adapter = w.adapter_step(d, "cpu")
-    rl = w.rl_iteration(tasks=4, episodes=4)
+    rl = w.rl_iteration(tasks=4, episodes=4, torch_compile=False)  # a quick check: no torch.compile
 
     def finite(value: Any) -> None:
         assert np.isfinite(np.asarray(value, dtype=np.float64)).all(), "non-finite result"
@@ -63,8 +63,10 @@ def checks() -> list[tuple[str, str, Callable[[], Any], Callable[[Any], None]]]:
         ("MetaMAML.meta_update (vectorize=False)", "torch", lambda: t_loop.meta_update(t_tasks), finite),
         ("Adapter.update_step", "torch", adapter["torch eager"], updated),
         ("Adapter.update_step", "jax", adapter["jax jit"], updated),
-        ("MAML-RL meta-iteration (nav2d 4x4)", "torch", rl["torch (numpy envs)"], rl_ok),
-        ("MAML-RL meta-iteration (nav2d 4x4)", "jax", rl["jax native (jit rollouts)"], rl_ok),
+        ("MAML-RL meta-iteration, runner (nav2d 4x4)", "torch", rl["torch runner"], rl_ok),
+        ("MAML-RL meta-iteration, runner (nav2d 4x4)", "jax", rl["jax runner"], rl_ok),
+        ("MAML-RL meta-iteration, native (nav2d 4x4)", "torch", rl["torch native (eager)"], rl_ok),
+        ("MAML-RL meta-iteration, native (nav2d 4x4)", "jax", rl["jax native (jit)"], rl_ok),
     ]
 
 

@@ -351,26 +351,58 @@ def adapter_step(d: Dims, device: str) -> Contenders:
     }
 
 
-def rl_iteration(tasks: int = 20, episodes: int = 20) -> Contenders:
-    """One Nav2D MAML-RL meta-iteration (pre and post adaptation), in each path we ship."""
+def rl_learners(tasks: int, episodes: int) -> dict[str, Any]:
+    """Each backend's MAML-RL learner on Nav2D with the run's default weights, and its task sampler."""
     from shared.env_runner import MetaEnvironment
-    from ssm_metarl.rl_loop import meta_iteration
     from ssm_metarl.train import TrainConfig, initial_weights, make_learner
 
-    out: Contenders = {}
+    out = {}
     for backend in ("torch", "jax"):
         config = TrainConfig(backend=backend, meta_batch=tasks, episodes=episodes)
         meta_env = MetaEnvironment("nav2d", seed=0)
-        learner = make_learner(config, meta_env.distribution, initial_weights(config, meta_env.distribution))
-        out[f"{backend} (numpy envs)"] = lambda learner=learner, meta_env=meta_env: meta_iteration(
-            learner, meta_env, tasks, episodes)
-        if backend == "jax":
-            from jax_impl.meta_rl.native import NativeMAMLRL
+        out[backend] = (make_learner(config, meta_env.distribution, initial_weights(config, meta_env.distribution)),
+                        meta_env)
+    return out
 
-            native = NativeMAMLRL(learner, meta_env.distribution, episodes)
-            keys = iter(jax.random.split(jax.random.key(0), 10_000))
-            out["jax native (jit rollouts)"] = lambda native=native, meta_env=meta_env, keys=keys: native.iteration(
-                meta_env.sample_tasks(tasks), next(keys))
+
+def rl_iteration(tasks: int = 20, episodes: int = 20, torch_compile: bool = True) -> Contenders:
+    """One Nav2D MAML-RL meta-iteration in each rollout path of each backend (runner vs runner, native vs native).
+
+    ``runner``: numpy environments through the runner, ``adapt_tasks`` and the guarded meta-update;
+    ``native``: the dynamics in the framework (``jax.jit`` / ``torch.compile``; ``torch_compile=False``
+    adds the eager torch form instead), the noise drawn from numpy as in training.
+    """
+    from shared.native_noise import draw_noise
+    from ssm_metarl.rl_loop import meta_iteration
+
+    out: Contenders = {}
+    for backend, (learner, meta_env) in rl_learners(tasks, episodes).items():
+        out[f"{backend} runner"] = lambda learner=learner, meta_env=meta_env: meta_iteration(
+            learner, meta_env, tasks, episodes)
+        compiled = backend == "jax" or torch_compile
+        native = learner.native(meta_env.distribution, episodes, **({} if backend == "jax" else
+                                                                   {"compile": torch_compile}))
+        name = f"{backend} native ({'jit' if backend == 'jax' else 'torch.compile' if compiled else 'eager'})"
+        out[name] = lambda native=native, meta_env=meta_env: native.iteration(
+            meta_env.sample_tasks(tasks), draw_noise(meta_env.distribution, meta_env.rng, tasks, episodes))
+    return out
+
+
+def rl_compile_seconds(tasks: int = 20, episodes: int = 20,
+                       backends: tuple[str, ...] = ("torch", "jax")) -> dict[str, float]:
+    """Seconds each native path spends compiling in its first meta-iteration (fresh learners)."""
+    from shared.native_noise import draw_noise
+    from ssm_metarl.compile_time import compile_seconds
+
+    out = {}
+    for backend, (learner, meta_env) in rl_learners(tasks, episodes).items():
+        if backend not in backends:
+            continue
+        native = learner.native(meta_env.distribution, episodes, **({"compile": True} if backend == "torch" else {}))
+        before = compile_seconds(backend)
+        native.iteration(meta_env.sample_tasks(tasks), draw_noise(meta_env.distribution, meta_env.rng, tasks,
+                                                                  episodes))
+        out[f"{backend} native"] = compile_seconds(backend) - before
     return out
 
 

@@ -444,6 +444,12 @@ def rl_losses(setup: Setup) -> list[Row]:
     return rows
 
 
+def main_job_cases() -> dict[str, Callable[[Setup], list[Row]]]:
+    from parity_tests.native_rl import adapt_tasks_rows, native_iterations
+
+    return {"native_iterations": native_iterations, "adapt_tasks": adapt_tasks_rows}
+
+
 CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "weights_through_flax": weights_through_flax,
     "weights_through_safetensors": weights_through_safetensors,
@@ -458,6 +464,7 @@ CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "adapter_ema_tent_batchnorm": adapter_ema_tent_batchnorm,
     "rl_losses": rl_losses,
 }
+CASES.update(main_job_cases())  # whole native iterations and adapt_tasks (parity_tests/native_rl.py)
 
 
 def run_matrix(dtype: str, sizes: Sizes = Sizes(), cases: dict[str, Callable[[Setup], list[Row]]] = CASES) -> list[Row]:
