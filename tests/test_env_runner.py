@@ -86,7 +86,7 @@ def test_jax_native_rollout_follows_the_numpy_dynamics():
     learner = MAMLRL(SSMPolicy(2, 2, False, 4, 8, "cpu", dtype=jnp.float64))
     runner = NativeMAMLRL(learner, dist, episodes_per_task=3)
     goal = jnp.asarray([0.3, -0.2])
-    obs, actions, rewards, _ = runner.rollout(learner.meta_params(), learner.maml._rest(), goal, jax.random.key(0))
+    obs, actions, rewards, _ = runner.rollout(learner.meta_params(), learner.maml.rest(), goal, jax.random.key(0))
     env = gym.make_vec(ENV_IDS["nav2d"], num_envs=3, vectorization_mode="vector_entry_point", goals=np.array(goal))
     env_obs, _ = env.reset(seed=0)
     for t in range(dist.horizon):

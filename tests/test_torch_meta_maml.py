@@ -209,7 +209,7 @@ def test_apply_meta_gradient_checks_keys_and_shapes():
     grads = maml.meta_gradient(mlp_tasks())
     with pytest.raises(ValueError, match="keys"):
         maml.apply_meta_gradient({k: v for k, v in grads.items() if k != "l1.bias"})
-    with pytest.raises(ValueError, match=r"grads\['l1.bias'\] must be a tensor of shape \(16,\)"):
+    with pytest.raises(ValueError, match=r"grads\['l1.bias'\] must be an array of shape \(16,\)"):
         maml.apply_meta_gradient({**grads, "l1.bias": torch.zeros(3, dtype=F64)})
     with pytest.raises(TypeError, match="dict"):
         maml.apply_meta_gradient([grads])
@@ -225,7 +225,7 @@ def test_a_step_whose_parameters_would_not_be_finite_is_refused_and_restored(dty
     tasks = [tuple(t.to(dtype) for t in task) for task in ssm_tasks()]
     for _ in range(2):  # the first call (empty Adam state) and a second one: both refused, both restore
         snapshot = _snapshot(maml)
-        with pytest.raises(ValueError, match=r"not finite|overflow"):
+        with pytest.raises(ValueError, match=r"would make the parameters NaN/Inf .*; the model was not changed"):
             maml.meta_update(tasks)
         _assert_unchanged(maml, snapshot)
 

@@ -85,7 +85,7 @@ class MAMLRL:
     def act_fn(self, params: list[Params], episodes_per_task: int) -> Any:
         """``act(obs, state)`` for a task-major batch: task ``i`` acts with ``params[i]`` (one vmapped call)."""
         stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
-        rest = self.maml._rest()
+        rest = self.maml.rest()
         dtype = self.maml._param_dtype()
 
         def act(obs: np.ndarray, state: jax.Array) -> tuple[np.ndarray, jax.Array]:
@@ -115,7 +115,7 @@ class MAMLRL:
     def inner_loss(self, batch: RLBatch, params: Params | None = None) -> float:
         obs, labels = self.to_arrays(batch)
         params = self.meta_params() if params is None else params
-        return float(policy_gradient_loss(nnx.merge(self.maml.graphdef, params, self.maml._rest())(obs), labels))
+        return float(policy_gradient_loss(nnx.merge(self.maml.graphdef, params, self.maml.rest())(obs), labels))
 
     def _tasks(self, pairs: list[tuple[RLBatch, RLBatch]]) -> list[tuple]:
         return [(*self.to_arrays(support), *self.to_arrays(query)) for support, query in pairs]

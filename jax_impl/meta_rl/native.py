@@ -148,7 +148,7 @@ class NativeMAMLRL:
         """One whole meta-iteration, one compiled call; updates the policy and the optimizer state."""
         maml = self.maml
         params, opt_state, loss, pre, post = self._iteration(
-            nnx.state(self.learner.policy, nnx.Param), maml.opt_state, maml._rest(), self.task_array(tasks), key)
+            nnx.state(self.learner.policy, nnx.Param), maml.opt_state, maml.rest(), self.task_array(tasks), key)
         if not bool(jnp.isfinite(loss)):
             raise ValueError("meta-iteration: the query loss is NaN/Inf; the policy was not changed")
         nnx.update(self.learner.policy, params)
