@@ -25,3 +25,10 @@ def test_our_future_and_deprecation_warnings_fail(module, category):
 def test_third_party_warnings_are_reported_not_failed(module, category):
     with pytest.warns(category):
         _warn_from(module, category)
+
+
+def test_jaxs_scatter_dtype_warning_fails_although_jax_raises_it():
+    """JAX attributes it to its own scatter frame, but only a caller's dtype mismatch triggers it."""
+    with pytest.raises(FutureWarning):
+        warnings.warn_explicit("scatter inputs have incompatible types: cannot safely cast value from dtype=float64 "
+                               "to dtype=float32", FutureWarning, "scatter.py", 105, module="jax._src.ops.scatter")
