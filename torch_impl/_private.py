@@ -56,3 +56,33 @@ def fresh_code(function: Callable, name: str) -> Callable:
     limit (the public knob, ``torch._dynamo.config.recompile_limit``, is private too and global)."""
     return types.FunctionType(function.__code__.replace(), function.__globals__, name, function.__defaults__,
                               function.__closure__)
+
+
+def adam_arithmetic(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+                    exp_avg_sq: list[torch.Tensor], step_size: torch.Tensor, correction2_sqrt: torch.Tensor,
+                    betas: tuple[float, float], eps: float) -> tuple[list, list, list]:
+    """Adam's update of every parameter, out of place: ``(params, exp_avg, exp_avg_sq)`` new lists.
+
+    torch.optim.Adam's arithmetic (``lerp``, ``addcmul``, eps outside the root). Eagerly, with one
+    dtype, it runs as ``_foreach_*`` ops (one dispatch per operation for all parameters, as
+    ``torch.optim.Adam(foreach=True)``; no public multi-tensor spelling); under ``torch.compile``, and
+    for mixed dtypes, as the same operations per tensor, which inductor fuses.
+    """
+    beta1, beta2 = betas
+    dtypes = {p.dtype for p in params}
+    if not torch.compiler.is_compiling() and len(dtypes) == 1:
+        dtype = dtypes.pop()
+        exp_avg = list(torch._foreach_lerp(exp_avg, grads, 1 - beta1))
+        exp_avg_sq = list(torch._foreach_addcmul(torch._foreach_mul(exp_avg_sq, beta2), grads, grads, value=1 - beta2))
+        denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(exp_avg_sq), correction2_sqrt.to(dtype)), eps)
+        steps = torch._foreach_mul(torch._foreach_div(exp_avg, denom), step_size.to(dtype))
+        return list(torch._foreach_sub(params, steps)), exp_avg, exp_avg_sq
+    new_params, new_avg, new_avg_sq = [], [], []
+    for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq, strict=True):
+        m = torch.lerp(m, g, 1 - beta1)
+        v = torch.addcmul(v * beta2, g, g, value=1 - beta2)
+        denom = v.sqrt() / correction2_sqrt.to(p.dtype) + eps
+        new_params.append(p - step_size.to(p.dtype) * (m / denom))
+        new_avg.append(m)
+        new_avg_sq.append(v)
+    return new_params, new_avg, new_avg_sq

@@ -197,14 +197,13 @@ class MetaMAML:
         count = step.to(torch.float64)
         step_size = self.outer_lr / (1 - beta1**count)
         correction2_sqrt = torch.sqrt(1 - beta2**count)
-        new_params, exp_avg, exp_avg_sq = {}, {}, {}
-        for name, p in params.items():
-            g = grads[name]
-            exp_avg[name] = torch.lerp(opt_state["exp_avg"][name], g, 1 - beta1)
-            exp_avg_sq[name] = torch.addcmul(opt_state["exp_avg_sq"][name] * beta2, g, g, value=1 - beta2)
-            denom = exp_avg_sq[name].sqrt() / correction2_sqrt.to(p.dtype) + ADAM_EPS
-            new_params[name] = p - step_size.to(p.dtype) * (exp_avg[name] / denom)
-        return new_params, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        names = list(params)
+        new_params, exp_avg, exp_avg_sq = _private.adam_arithmetic(
+            [params[n] for n in names], [grads[n] for n in names], [opt_state["exp_avg"][n] for n in names],
+            [opt_state["exp_avg_sq"][n] for n in names], step_size, correction2_sqrt, ADAM_BETAS, ADAM_EPS)
+        return (dict(zip(names, new_params, strict=True)),
+                {"step": step, "exp_avg": dict(zip(names, exp_avg, strict=True)),
+                 "exp_avg_sq": dict(zip(names, exp_avg_sq, strict=True))})
 
     # ------------------------------------------------------------ public API
     def adapt(self, task_data: Any, task_labels: Any, *, params: Params | None = None) -> Params:
