@@ -89,7 +89,7 @@ def ours_torch(model: TorchSSM, mode: dict[str, bool], **kwargs: Any) -> TorchMA
 
 def fresh_compile() -> None:
     """Forget compiled code, so each case compiles its own shapes (cold) and no cache limit is reached."""
-    torch._dynamo.reset()
+    torch.compiler.reset()
 
 
 def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:

@@ -98,7 +98,7 @@ def test_compiled_torch_func_floor_matches_meta_maml_float64():
     """The compiled floor at a tiny shape (3 steps, so that compiling stays short)."""
     model, weights, tasks = _problem(2, seq=3)
     expected = MetaMAML(model, LR).meta_gradient([tuple(torch.tensor(a) for a in task) for task in tasks])
-    torch._dynamo.reset()
+    torch.compiler.reset()
     compiled = torch.compile(floors.torch_func_meta_grad(LR, 1, False), dynamic=False)
     stacked = [torch.stack([torch.tensor(task[i]) for task in tasks]) for i in range(4)]
     grads, _ = compiled(floors.torch_params(weights), *stacked)

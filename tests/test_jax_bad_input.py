@@ -62,9 +62,9 @@ def test_torch_tensor_to_the_jax_ssm(requires_grad):
 def test_torch_tensor_to_the_jax_meta_maml():
     maml = MetaMAML(make())
     x, y = (torch.from_numpy(a) for a in task())
-    with pytest.raises(TypeError, match=r"expected a jax or numpy array.*got torch\.Tensor"):
+    with pytest.raises(TypeError, match=r"must be a jax or numpy array.*got torch\.Tensor"):
         maml.meta_update([(x, y)])
-    with pytest.raises(TypeError, match=r"expected a jax or numpy array.*got torch\.Tensor"):
+    with pytest.raises(TypeError, match=r"must be a jax or numpy array.*got torch\.Tensor"):
         maml.adapt(x, y)
 
 
@@ -113,7 +113,7 @@ def test_data_and_labels_must_agree_on_the_batch_size():
         with pytest.raises(ValueError, match="same leading \\(batch\\) size"):
             call()
     sx, sy = task(batch=4)
-    with pytest.raises(ValueError, match="task 0 query_x 4, task 0 query_y 5"):
+    with pytest.raises(ValueError, match="task 0 query_x: 4, task 0 query_y: 5"):
         maml.meta_update([(sx, sy, x, y)])
     assert all(np.array_equal(a, b) for a, b in zip(before, snapshot(maml.model), strict=True))
 
@@ -124,7 +124,7 @@ def test_default_mse_refuses_labels_that_broadcast(label_shape):
     x, _ = task()
     y = np.zeros(label_shape)
     for call in (lambda: maml.meta_update([(x, y)]), lambda: maml.adapt(x, y)):
-        with pytest.raises(ValueError, match=r"outputs have shape \(2, 5, 2\) and labels"):
+        with pytest.raises(ValueError, match=r"outputs have shape \(2, 5, 2\) but labels"):
             call()
 
 

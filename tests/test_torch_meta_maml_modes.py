@@ -169,8 +169,30 @@ def test_compiled_meta_gradient_equals_the_loop_tiny_mlp():
     compiled = MetaMAML(mlp(), 0.3, compile=True)
     expected = autograd_meta_gradient(mlp(), [(sx, sy, sx, sy) for sx, sy in tasks], 0.3, 1, False)
     assert_trees_close(compiled.meta_gradient(tasks), expected)
-    compiled.meta_update(tasks)  # the same signature: the cached step, no new compile
-    assert len(compiled._compiled) == 1
+    eager = MetaMAML(mlp(), 0.3, compile=False)
+    for _ in range(2):  # the compiled step folds Adam and the checks in: the same step as eager
+        assert compiled.meta_update(tasks) == pytest.approx(eager.meta_update(tasks), rel=1e-12)
+        assert_trees_close(dict(compiled.model.named_parameters()), dict(eager.model.named_parameters()))
+    assert len(compiled._compiled) == 2  # meta_gradient's step and meta_update's step, each compiled once
+    poisoned = [tasks[0], (tasks[1][0].clone().fill_(float("nan")), tasks[1][1])]
+    for maml in (compiled, eager):  # refused inside the compiled graph and eagerly: nothing written
+        before = _model_and_adam_state(maml)
+        with pytest.raises(ValueError, match="task 1 support_x contains NaN or Inf"):
+            maml.meta_update(poisoned)
+        _assert_bit_identical(before, _model_and_adam_state(maml))
+    assert len(compiled._compiled) == 2
+
+
+def _model_and_adam_state(maml):
+    params = [p.detach().clone() for p in maml.model.parameters()]
+    state = [v.clone() for s in maml.optimizer.state_dict()["state"].values() for v in s.values()]
+    return params + state
+
+
+def _assert_bit_identical(before, after):
+    assert len(before) == len(after)
+    for a, b in zip(before, after, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_compile_of_data_dependent_control_flow_names_compile_false():
@@ -231,7 +253,7 @@ def test_default_mse_names_both_shapes_in_adapt():
 
 def test_a_loss_fn_returning_a_python_float_is_a_type_error():
     maml = MetaMAML(mlp(), loss_fn=lambda out, y: 1.0, vectorize=False)
-    with pytest.raises(TypeError, match=r"scalar torch\.Tensor, got float"):
+    with pytest.raises(TypeError, match=r"loss_fn must return a scalar \(0-d\), got float"):
         maml.meta_gradient(tasks_of([(5, 2), (5, 1)], n=1))
 
 
@@ -239,5 +261,5 @@ def test_non_finite_data_is_refused_at_the_boundary_in_every_mode():
     tasks = tasks_of([(5, 2), (5, 1), (5, 2), (5, 1)], n=2)
     tasks[1][2][0, 0] = float("nan")
     for vectorize in (True, False):
-        with pytest.raises(ValueError, match=r"task 1 query data contains NaN or Inf"):
+        with pytest.raises(ValueError, match=r"task 1 query_x contains NaN or Inf"):
             MetaMAML(mlp(), vectorize=vectorize).meta_update(tasks)

@@ -26,6 +26,7 @@ from shared.config import SSMConfig
 from shared.layout import check_layout, ssm_layout
 from shared.validation import check_rank_and_width, check_shape
 from shared.weights import load_weights, save_weights
+from torch_impl._private import is_functorch_wrapped
 
 ScanMode = Literal["sequential", "parallel"]
 # The parallel mode without resets uses the (S, T, T) decay-power matrix up to this many elements.
@@ -245,7 +246,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def _traced(t: torch.Tensor) -> bool:
     """Inside ``torch.compile`` or a ``torch.func`` transform that wraps ``t``: no data-dependent checks."""
-    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
+    return torch.compiler.is_compiling() or is_functorch_wrapped(t)
 
 
 def ssm_decay_and_gain(nu_log: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

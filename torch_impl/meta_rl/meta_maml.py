@@ -1,25 +1,32 @@
 """MetaMAML: second-order MAML over any ``nn.Module`` on ``torch.func`` (ARCHITECTURE.md section 3).
 
-The maths is defined once, as pure functions that mirror ``jax_impl/meta_rl/meta_maml.py``:
+A twin of ``jax_impl/meta_rl/meta_maml.py``: the same public names, signatures and section order;
+read them side by side. The maths is defined once, as pure functions of ``(params, rest, ...)``:
 
+- :meth:`MetaMAML.loss`: ``loss_fn(model(data), labels)`` through ``torch.func.functional_call``;
 - :meth:`MetaMAML.inner_loop` ``params -> params``: SGD steps whose gradients come from
   ``torch.func.grad`` (first order: the inner gradients detached);
 - :meth:`MetaMAML.task_query_loss`: the query loss at one task's adapted parameters;
 - :meth:`MetaMAML.meta_loss`: the mean over tasks; the meta-gradient is ``torch.func.grad_and_value``
-  of it.
+  of it;
+- :meth:`MetaMAML.adam_step` and :meth:`MetaMAML.meta_step`: the outer Adam step (torch.optim.Adam's
+  arithmetic, out of place) and "meta-gradient then Adam", ``(params, opt_state) -> (params, opt_state)``.
 
-Every forward goes through ``torch.func.functional_call``. How that one definition is run is an
-explicit option, never a silent fallback: ``vectorize=True`` maps ``task_query_loss`` over a stacked
-task axis with ``torch.func.vmap``, ``vectorize=False`` loops over the tasks in Python; ``compile=True``
-runs the whole meta-gradient under ``torch.compile`` (one compiled step per task-batch signature).
-Buffers (e.g. BatchNorm running statistics) are carried functionally: every forward gets fresh
-copies, which it may update, and the copies are dropped, so MetaMAML never writes them back.
+``meta_update`` runs ``meta_step`` plus one "all finite" report (inputs, meta-gradient, resulting
+parameters) as one step, compiled as one graph under ``compile=True``; the new parameters and Adam
+state are written back only when the report says every check holds, so a refused step leaves the
+model and the optimizer state bit-identical. How the tasks are batched is an explicit option, never a
+silent fallback: ``vectorize=True`` maps ``task_query_loss`` over a stacked task axis with
+``torch.func.vmap``, ``vectorize=False`` loops over the tasks in Python. Buffers (e.g. BatchNorm running
+statistics) are carried functionally: every forward gets fresh copies, which it may update, and the
+copies are dropped, so MetaMAML never writes them back. MetaMAML binds to the model's trainable
+parameters at construction, as a torch optimizer does.
 """
 
 from __future__ import annotations
 
 import collections
-import types
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,27 +34,30 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from shared import messages
 from shared.config import MetaConfig
-from shared.validation import check_tasks
+from torch_impl import _private
 from torch_impl.core.norms import PrimitiveNorms
+from torch_impl.meta_rl import checks
 
 Params = dict[str, torch.Tensor]
+OptState = dict[str, Any]  # {"step": 0-d tensor, "exp_avg": Params, "exp_avg_sq": Params}
 LossFn = Callable[[Any, Any], torch.Tensor]
 Task = tuple[Any, Any, Any, Any]
 
-# The number of compiled meta-gradient steps kept per MetaMAML (least recently used is dropped).
+# The number of compiled steps kept per MetaMAML (least recently used is dropped).
 COMPILED_CACHE_SIZE = 8
+# torch.optim.Adam's defaults, which optax.adam(b1=0.9, b2=0.999, eps=1e-8) matches (eps outside the root).
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
 
 
 def mse(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean squared error, the default MetaMAML loss; ``outputs`` and ``labels`` must have the same shape."""
     if not isinstance(outputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        got = f"{type(outputs).__name__} and {type(labels).__name__}"
-        raise TypeError(f"the default mse loss expects model outputs and labels that are tensors, got {got}; "
-                        "pass loss_fn= for tuple outputs or labels")
+        raise TypeError(messages.mse_not_arrays(checks.ARRAY, checks.type_name(outputs), checks.type_name(labels)))
     if outputs.shape != labels.shape:
-        raise ValueError(f"mse: model outputs have shape {tuple(outputs.shape)} but labels have shape "
-                         f"{tuple(labels.shape)}; expected exactly the same shape (no broadcasting)")
+        raise ValueError(messages.mse_shapes(outputs.shape, labels.shape))
     return torch.mean((outputs - labels) ** 2)
 
 
@@ -68,7 +78,7 @@ class MetaMAML:
             data-dependent Python control flow; norm layers run from primitive ops, see
             ``torch_impl/core/norms.py``). ``False``: a Python loop over the same per-task function; any
             model, ragged tasks.
-        compile: ``torch.compile`` the meta-gradient step (default ``False``). Compiling costs seconds
+        compile: ``torch.compile`` the step (default ``False``). Compiling costs seconds
             to tens of seconds per task-batch signature (shapes, dtypes, number of tasks, structure,
             train/eval mode); each signature is compiled once and the last
             ``COMPILED_CACHE_SIZE`` are kept. The model must trace without graph breaks.
@@ -87,21 +97,24 @@ class MetaMAML:
         compile: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise TypeError(messages.not_a_module("torch.nn.Module", checks.type_name(model)))
         if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable as loss_fn(outputs, labels), got {type(loss_fn).__name__}")
+            raise TypeError(messages.loss_fn_not_callable(checks.type_name(loss_fn)))
         for name, value in (("vectorize", vectorize), ("compile", compile)):
             if not isinstance(value, bool):
-                raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+                raise TypeError(messages.option_not_bool(name, checks.type_name(value)))
         self.config = MetaConfig(inner_lr, outer_lr, num_inner_steps, first_order)
         self.model = model
         self.loss_fn = loss_fn
         self.vectorize = vectorize
         self.compile = compile
-        if not self.trainable_parameters():
-            raise ValueError("model has no parameters with requires_grad=True; expected at least one to meta-train")
-        # foreach: one dispatch per Adam operation for all parameters (the same arithmetic as the loop)
-        self.optimizer = torch.optim.Adam(self.trainable_parameters().values(), lr=outer_lr, foreach=True)
+        params = self.trainable_parameters()
+        if not params:
+            raise ValueError(messages.no_parameters("parameters with requires_grad=True"))
+        self._param_names, self._param_list = list(params), list(params.values())
+        # The Adam state lives in a torch.optim.Adam (its state_dict is the checkpoint format); the step
+        # itself is adam_step, so that it can run inside the compiled graph.
+        self.optimizer = torch.optim.Adam(self._param_list, lr=outer_lr, betas=ADAM_BETAS, eps=ADAM_EPS)
         self._compiled: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
         self._buffer_names: frozenset[str] = frozenset()
         self.rest()
@@ -122,6 +135,11 @@ class MetaMAML:
     def first_order(self) -> bool:
         return self.config.first_order
 
+    @property
+    def opt_state(self) -> OptState:
+        """The Adam state as :meth:`adam_step` takes it (read from ``self.optimizer``; zeros before the first step)."""
+        return self._opt_state()[0]
+
     def trainable_parameters(self) -> Params:
         return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
 
@@ -140,13 +158,13 @@ class MetaMAML:
         outputs = functional_call(self.model, {**fresh, **params}, data if isinstance(data, tuple) else (data,))
         loss = self.loss_fn(outputs, labels)
         if not isinstance(loss, torch.Tensor):
-            raise TypeError(f"loss_fn must return a scalar torch.Tensor, got {type(loss).__name__}")
+            raise TypeError(messages.loss_not_scalar(checks.type_name(loss)))
         if loss.dim() != 0:
-            raise ValueError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}")
+            raise ValueError(messages.loss_not_scalar(f"shape {tuple(loss.shape)}"))
         return loss
 
     def inner_loop(self, params: Params, rest: Params, data: Any, labels: Any) -> Params:
-        """Pure: ``num_inner_steps`` SGD steps on one task, gradients from ``torch.func.grad``."""
+        """Pure: ``num_inner_steps`` SGD steps on one task."""
         for _ in range(self.num_inner_steps):
             grads = torch.func.grad(self.loss)(params, rest, data, labels)
             if self.first_order:
@@ -155,7 +173,7 @@ class MetaMAML:
         return params
 
     def task_query_loss(self, params: Params, rest: Params, task: Task) -> torch.Tensor:
-        """Pure: the query loss of one task at its adapted parameters."""
+        """Pure: the query loss of one ``(support_x, support_y, query_x, query_y)`` task after adaptation."""
         support_x, support_y, query_x, query_y = task
         return self.loss(self.inner_loop(params, rest, support_x, support_y), rest, query_x, query_y)
 
@@ -168,9 +186,27 @@ class MetaMAML:
                 return torch.func.vmap(self.task_query_loss, in_dims=(None, in_dims, 0))(params, rest, tasks).mean()
         return torch.stack([self.task_query_loss(params, rest, task) for task in tasks]).mean()
 
-    def meta_step(self, params: Params, rest: Params, tasks: Any) -> tuple[Params, torch.Tensor]:
-        """Pure: ``(meta-gradient, mean query loss)``, the function that ``compile=True`` compiles."""
-        return torch.func.grad_and_value(self.meta_loss)(params, rest, tasks)
+    def meta_step(self, params: Params, opt_state: OptState, rest: Params,
+                  tasks: Any) -> tuple[Params, OptState, torch.Tensor, Params]:
+        """Pure: meta-gradient and one Adam step; returns ``(params, opt_state, loss, grads)``."""
+        grads, loss = torch.func.grad_and_value(self.meta_loss)(params, rest, tasks)
+        params, opt_state = self.adam_step(params, opt_state, grads)
+        return params, opt_state, loss, grads
+
+    def adam_step(self, params: Params, opt_state: OptState, grads: Params) -> tuple[Params, OptState]:
+        """Pure: one Adam step, ``torch.optim.Adam``'s arithmetic out of place (bias corrections in float64)."""
+        beta1, beta2 = ADAM_BETAS
+        step = opt_state["step"] + 1
+        count = step.to(torch.float64)
+        step_size = self.outer_lr / (1 - beta1**count)
+        correction2_sqrt = torch.sqrt(1 - beta2**count)
+        names = list(params)
+        new_params, exp_avg, exp_avg_sq = _private.adam_arithmetic(
+            [params[n] for n in names], [grads[n] for n in names], [opt_state["exp_avg"][n] for n in names],
+            [opt_state["exp_avg_sq"][n] for n in names], step_size, correction2_sqrt, ADAM_BETAS, ADAM_EPS)
+        return (dict(zip(names, new_params, strict=True)),
+                {"step": step, "exp_avg": dict(zip(names, exp_avg, strict=True)),
+                 "exp_avg_sq": dict(zip(names, exp_avg_sq, strict=True))})
 
     # ------------------------------------------------------------ public API
     def adapt(self, task_data: Any, task_labels: Any, *, params: Params | None = None) -> Params:
@@ -181,229 +217,182 @@ class MetaMAML:
         loop somewhere other than the model's own parameters, e.g. for a further adaptation step.
         Runs eagerly (one task: nothing to vectorise).
         """
-        _check_finite(self._check_pair("task", task_data, task_labels))
+        reference = self._param_list[0]
+        checks.check_finite(checks.check_pair("adapt", ("task_data", "task_labels"), task_data, task_labels,
+                                              reference))
         own = self.trainable_parameters()
         start = own if params is None else params
         missing = sorted(set(own) - set(start))
         if missing:
-            raise ValueError(f"params lacks trainable parameters {missing}")
+            raise ValueError(messages.missing_params(missing))
         start = {name: start[name].detach() for name in own}
         adapted = self._run("adapt", lambda: self.inner_loop(start, self.rest(), task_data, task_labels),
-                            lambda: None)
+                            lambda err: None)
         result = {name: p.detach() for name, p in self.model.named_parameters()}
         result.update({name: p.detach() for name, p in adapted.items()})
         return result
+
+    def value_and_meta_gradient(self, tasks: Sequence[tuple]) -> tuple[torch.Tensor, Params]:
+        """``(loss, grads)``: the mean post-adaptation query loss (a detached 0-d tensor) and the
+        meta-gradient dict keyed like the trainable parameters. Nothing is changed;
+        :meth:`apply_meta_gradient` takes ``grads`` (e.g. after averaging them over workers)."""
+        checked, params, rest, batch = self._inputs(tasks)
+        step = self._step(self._guarded_value_and_grad, batch)
+        loss, grads, inputs_finite = self._run("meta-gradient", lambda: step(params, rest, batch),
+                                               lambda err: self._diagnose(checked, err))
+        if not bool(inputs_finite):
+            checks.name_non_finite(checked, self._param_list[0])
+        return loss.detach(), grads
 
     def meta_gradient(self, tasks: Sequence[tuple]) -> Params:
         """The meta-gradient (mean over tasks of the post-adaptation query loss), without stepping."""
         return self.value_and_meta_gradient(tasks)[1]
 
-    def value_and_meta_gradient(self, tasks: Sequence[tuple]) -> tuple[torch.Tensor, Params]:
-        """``(loss, grads)``: the mean post-adaptation query loss (a detached 0-d tensor) and the
-        meta-gradient dict keyed like the trainable parameters. Nothing is changed."""
-        tasks = self._check_tasks(tasks)
-        params = {name: p.detach() for name, p in self.trainable_parameters().items()}
-        rest = self.rest()
-        if self.vectorize:
-            self._check_vectorizable(tasks)
-            batch = _stack(tasks)
-            rest = {name: t.expand(len(tasks), *t.shape) if name in self._buffer_names else t
-                    for name, t in rest.items()}
-        else:
-            batch = tasks
-        step = self._compiled_step(batch) if self.compile else self.meta_step
-        grads, loss = self._run("meta-gradient", lambda: step(params, rest, batch), lambda: self._diagnose(tasks))
-        return loss.detach(), grads
-
     def apply_meta_gradient(self, grads: Params) -> None:
-        """One Adam step (``self.optimizer``) with ``grads`` as the gradients of the trainable parameters.
+        """One outer Adam step with ``grads`` (a dict keyed like the trainable parameters).
 
-        Refuses non-finite gradients, and a step whose resulting parameters are not finite (or that
-        overflows the parameters' dtype): parameters and optimizer state are restored and
-        ``ValueError`` is raised, so the model is left as it was.
+        Refuses non-finite gradients and a step whose resulting parameters are not finite: then
+        ``ValueError`` is raised and the parameters and the Adam state stay bit-identical.
         """
-        params = self.trainable_parameters()
-        if not isinstance(grads, dict):
-            raise TypeError(f"grads must be a dict keyed like the trainable parameters, got {type(grads).__name__}")
-        if set(grads) != set(params):
-            raise ValueError(f"grads must have exactly the trainable parameters' keys {sorted(params)}, "
-                             f"got {sorted(grads)}")
-        for name, p in params.items():
-            g = grads[name]
-            if not isinstance(g, torch.Tensor) or g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-                got = (f"{tuple(g.shape)} {g.dtype} on {g.device}" if isinstance(g, torch.Tensor)
-                       else type(g).__name__)
-                raise ValueError(f"grads[{name!r}] must be a tensor of shape {tuple(p.shape)}, dtype {p.dtype} "
-                                 f"on {p.device}, got {got}")
-        if not _all_finite(grads.values()):
-            raise ValueError("apply_meta_gradient: the meta-gradient contains NaN/Inf; the model was not changed")
-        saved_params = _copies(params.values())
-        state_keys = [(p, key) for p, state in self.optimizer.state.items() for key in state]
-        saved_state = _copies(self.optimizer.state[p][key] for p, key in state_keys)
-        for name, p in params.items():
-            p.grad = grads[name].detach()
-        try:
-            self.optimizer.step()
-            failure = None if _all_finite(params.values()) else "are not finite"
-        except RuntimeError as err:  # e.g. "value cannot be converted to type float without overflow"
-            failure = f"overflow ({err})"
-        finally:
-            self.optimizer.zero_grad(set_to_none=True)
-        if failure is not None:
-            with torch.no_grad():
-                torch._foreach_copy_(list(params.values()), saved_params)
-            self.optimizer.state.clear()
-            for (p, key), value in zip(state_keys, saved_state, strict=True):
-                self.optimizer.state[p][key] = value
-            raise ValueError(f"apply_meta_gradient: the step's resulting parameters {failure} "
-                             f"(outer_lr={self.outer_lr!r} too large?); the model was not changed")
+        checks.check_grads(grads, self.trainable_parameters())
+        opt_state, steps = self._opt_state()
+        new_params, new_state, flags = self._guarded_apply(self._params(), opt_state, grads)
+        self._commit(new_params, new_state, steps, flags.tolist(), "apply_meta_gradient")
 
     def meta_update(self, tasks: Sequence[tuple]) -> float:
         """One outer Adam step; returns the mean query loss after adaptation.
 
-        Exactly ``value_and_meta_gradient`` then ``apply_meta_gradient``. A non-finite loss,
-        meta-gradient or resulting parameter raises ``ValueError`` and leaves the model unchanged.
+        In effect ``apply_meta_gradient(value_and_meta_gradient(tasks)[1])``, run as one step (one
+        compiled graph under ``compile=True``). A non-finite input, loss or meta-gradient, or a step
+        that would make the parameters non-finite, raises ``ValueError`` and leaves the parameters
+        and the Adam state bit-identical.
         """
-        loss, grads = self.value_and_meta_gradient(tasks)
-        if not bool(torch.isfinite(loss)):
-            raise ValueError("meta_update: the query loss is NaN/Inf; the model was not changed")
-        self.apply_meta_gradient(grads)
-        return float(loss)
+        checked, params, rest, batch = self._inputs(tasks)
+        opt_state, steps = self._opt_state()
+        step = self._step(self._guarded_meta_step, batch)
+        new_params, new_state, report = self._run("meta_update", lambda: step(params, opt_state, rest, batch),
+                                                  lambda err: self._diagnose(checked, err))
+        loss, inputs_finite, *flags = report.tolist()  # one host sync: the loss and the checks
+        if not inputs_finite:
+            checks.name_non_finite(checked, self._param_list[0])
+        if not math.isfinite(loss):
+            raise ValueError(messages.loss_not_finite("meta_update"))
+        self._commit(new_params, new_state, steps, flags, "meta_update")
+        return loss
+
+    def _commit(self, params: Params, opt_state: OptState, steps: list[torch.Tensor], flags: Sequence,
+                where: str) -> None:
+        """Write ``params`` and the Adam state if ``flags`` = (gradients finite, result finite), else raise."""
+        grads_finite, result_finite = (bool(f) for f in flags)
+        if not grads_finite:
+            raise ValueError(messages.grads_not_finite(where))
+        if not result_finite:
+            raise ValueError(messages.step_not_finite(where, self.outer_lr))
+        _private.copy_into(self._param_list, [params[name] for name in self._param_names])
+        new_steps = _private.add_scalar(steps, 1.0)  # torch.optim.Adam keeps one count per parameter
+        state, exp_avg, exp_avg_sq = self.optimizer.state, opt_state["exp_avg"], opt_state["exp_avg_sq"]
+        for name, p, step in zip(self._param_names, self._param_list, new_steps, strict=True):
+            state[p] = {"step": step, "exp_avg": exp_avg[name], "exp_avg_sq": exp_avg_sq[name]}
+
+    # ---------------------------------------- the guarded steps: the maths plus finiteness flags
+    def _guarded_value_and_grad(self, params: Params, rest: Params, tasks: Any) -> tuple:
+        """``(loss, grads, inputs finite)``, the flag computed with the gradient (no extra sync)."""
+        grads, loss = torch.func.grad_and_value(self.meta_loss)(params, rest, tasks)
+        return loss, grads, _private.all_finite_flag(_leaves(tasks))
+
+    def _guarded_apply(self, params: Params, opt_state: OptState, grads: Params) -> tuple:
+        """``adam_step`` plus flags: (every gradient entry finite, every resulting parameter finite)."""
+        new, opt_state = self.adam_step(params, opt_state, grads)
+        flags = [_private.all_finite_flag(list(grads.values())), _private.all_finite_flag(list(new.values()))]
+        return new, opt_state, torch.stack(flags)
+
+    def _guarded_meta_step(self, params: Params, opt_state: OptState, rest: Params, tasks: Any) -> tuple:
+        """``meta_step``; returns new params and Adam state and one report tensor:
+        (loss, inputs finite, gradients finite, resulting parameters finite)."""
+        new, opt_state, loss, grads = self.meta_step(params, opt_state, rest, tasks)
+        flags = [_private.all_finite_flag(_leaves(tasks)), _private.all_finite_flag(list(grads.values())),
+                 _private.all_finite_flag(list(new.values()))]
+        loss = loss.detach()
+        return new, opt_state, torch.stack([loss, *(f.to(loss.dtype) for f in flags)])
+
+    # ------------------------------------------------------------ state
+    def _params(self) -> Params:
+        return {name: p.detach() for name, p in zip(self._param_names, self._param_list, strict=True)}
+
+    def _opt_state(self) -> tuple[OptState, list[torch.Tensor]]:
+        """The Adam state (zeros before the first step) and the per-parameter step counts."""
+        state = self.optimizer.state
+        if self._param_list[0] not in state:
+            zeros = {name: torch.zeros_like(p, memory_format=torch.preserve_format)
+                     for name, p in zip(self._param_names, self._param_list, strict=True)}
+            steps = [torch.tensor(0.0) for _ in self._param_list]
+            return {"step": steps[0], "exp_avg": zeros, "exp_avg_sq": dict(zeros)}, steps
+        per_param = [state[p] for p in self._param_list]
+        return ({"step": per_param[0]["step"],
+                 "exp_avg": {name: s["exp_avg"] for name, s in zip(self._param_names, per_param, strict=True)},
+                 "exp_avg_sq": {name: s["exp_avg_sq"] for name, s in zip(self._param_names, per_param, strict=True)}},
+                [s["step"] for s in per_param])
 
     # ------------------------------------------------------------ running the maths
-    def _compiled_step(self, batch: Any) -> Callable:
-        """The compiled ``meta_step`` for this batch's signature (compiled on first use, LRU-bounded).
+    def _inputs(self, tasks: Sequence[tuple]) -> tuple[list[Task], Params, Params, Any]:
+        """Checked tasks, the parameters, ``rest`` and the batch as the pure functions take them."""
+        checked = checks.check_tasks(tasks, self._param_list[0], self.vectorize)
+        params, rest = self._params(), self.rest()
+        if not self.vectorize:
+            return checked, params, rest, checked
+        rest = {name: t.expand(len(checked), *t.shape) if name in self._buffer_names else t
+                for name, t in rest.items()}
+        return checked, params, rest, _stack(checked)
 
-        Each signature gets its own copy of the step's code object, so each has its own
-        ``torch.compile`` cache entry and never meets dynamo's recompile limit.
-        """
-        key = (_signature(batch), _signature(self.rest()), _signature(self.trainable_parameters()),
-               self.model.training, self.vectorize)
-        step = self._compiled.get(key)
-        if step is None:
-            fresh = types.FunctionType(MetaMAML.meta_step.__code__.replace(), MetaMAML.meta_step.__globals__,
-                                       "meta_step")
-            step = torch.compile(types.MethodType(fresh, self), fullgraph=True, dynamic=False)
-            self._compiled[key] = step
+    def _step(self, step: Callable, batch: Any) -> Callable:
+        """``step`` itself, or under ``compile=True`` its compiled form for this batch's signature
+        (compiled on first use, LRU-bounded; each signature compiles its own copy of the code, so
+        it never meets dynamo's recompile limit). ``step`` is looked up on ``type(self)``, so a
+        subclass's own maths is what gets compiled."""
+        if not self.compile:
+            return step
+        key = (step.__name__, checks.signature(batch), self.model.training, self.vectorize, self._param_list[0].dtype)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            method = _private.fresh_code(getattr(type(self), step.__name__), step.__name__)
+            compiled = torch.compile(method.__get__(self), fullgraph=True, dynamic=False)
+            self._compiled[key] = compiled
             while len(self._compiled) > COMPILED_CACHE_SIZE:
                 self._compiled.popitem(last=False)
         self._compiled.move_to_end(key)
-        return step
+        return compiled
 
-    def _run(self, what: str, compute: Callable[[], Any], diagnose: Callable[[], str | None]) -> Any:
+    def _run(self, what: str, compute: Callable[[], Any], diagnose: Callable[[Exception], str | None]) -> Any:
         """Run ``compute``; a failure inside the model becomes a ValueError that names the option to use."""
         try:
             return compute()
         except (TypeError, ValueError):
             raise
         except Exception as err:  # RuntimeError from vmap, dynamo's Unsupported, ...
-            hint = diagnose()
-            if hint is not None:
-                raise ValueError(f"{what}: {hint}. The error was: {type(err).__name__}: {err}") from err
-            raise ValueError(f"{what}: the model's forward or loss failed: {type(err).__name__}: {err}") from err
+            message = diagnose(err)
+            raise ValueError(message or messages.forward_failed(what, err)) from err
 
-    def _diagnose(self, tasks: list[Task]) -> str | None:
+    def _diagnose(self, tasks: list[Task], err: Exception) -> str | None:
         """After a failure in the chosen mode: does the plain eager loop run one task? Then name the option
         to turn off. If the eager loop raises ``TypeError``/``ValueError`` (a clear message about the
         input, e.g. label shapes), that error is raised instead."""
         if not (self.vectorize or self.compile):
             return None
         try:
-            params = {name: p.detach() for name, p in self.trainable_parameters().items()}
-            torch.func.grad(self.task_query_loss)(params, self.rest(), tasks[0])
+            torch.func.grad(self.task_query_loss)(self._params(), self.rest(), tasks[0])
         except (TypeError, ValueError):
             raise
         except Exception:  # the eager loop fails too: the model itself is at fault
             return None
         flags = [name for name, value in (("vectorize", self.vectorize), ("compile", self.compile)) if value]
-        return (f"this model runs in the eager loop but not with {' and '.join(f'{n}=True' for n in flags)} "
-                f"(e.g. nn.GRU/nn.LSTM under vmap, or data-dependent Python control flow); use "
-                f"MetaMAML(..., {', '.join(f'{n}=False' for n in flags)})")
-
-    # ------------------------------------------------------------ checks (the public boundary)
-    def _check_vectorizable(self, tasks: list[Task]) -> None:
-        first = _signature(tasks[0])
-        for i, task in enumerate(tasks[1:], start=1):
-            if _signature(task) != first:
-                raise ValueError(
-                    f"vectorize=True stacks the tasks, so all must have the same structure, shapes and dtypes: "
-                    f"task 0 has {_describe(tasks[0])}, task {i} has {_describe(task)}; use "
-                    "MetaMAML(..., vectorize=False) for tasks of different shapes")
-
-    def _check_tasks(self, tasks: Sequence[tuple]) -> list[Task]:
-        checked = check_tasks(tasks)
-        reference = next(iter(self.trainable_parameters().values()))
-        floats = []
-        for i, (support_x, support_y, query_x, query_y) in enumerate(checked):
-            floats += self._check_pair(f"task {i} support", support_x, support_y, reference)
-            floats += self._check_pair(f"task {i} query", query_x, query_y, reference)
-        _check_finite(floats)
-        return checked
-
-    def _check_pair(self, where: str, data: Any, labels: Any,
-                    reference: torch.Tensor | None = None) -> list[tuple[str, torch.Tensor]]:
-        """Type, dtype, device and a shared leading (batch) size; returns the floating tensors, named,
-        for one finiteness check over the whole call (:func:`_check_finite`)."""
-        if reference is None:
-            reference = next(iter(self.trainable_parameters().values()))
-        tensors = []
-        for part, value in (("data", data), ("labels", labels)):
-            tensors += self._check_data(f"{where} {part}", value, reference)
-        sizes = {name: t.shape[0] for name, t in tensors if t.dim() > 0}
-        if len(set(sizes.values())) > 1:
-            listed = ", ".join(f"{name}: {size}" for name, size in sizes.items())
-            raise ValueError(f"{where}: data and labels must have the same leading (batch) size, got {listed}")
-        return [(name, t) for name, t in tensors if t.is_floating_point()]
-
-    def _check_data(self, name: str, value: Any, reference: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-        if isinstance(value, (tuple, list)):
-            return [item for i, v in enumerate(value) for item in self._check_data(f"{name}[{i}]", v, reference)]
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor (or a tuple of them), got {type(value).__name__}")
-        if value.device != reference.device:
-            raise ValueError(f"{name} must be on device {reference.device} (the model's), got {value.device}")
-        if value.is_floating_point() and value.dtype != reference.dtype:
-            raise TypeError(f"{name} must have dtype {reference.dtype} (the model's), got {value.dtype}")
-        return [(name, value)]
+        return messages.mode_failed("meta-gradient", flags, err)
 
 
-def _check_finite(named: list[tuple[str, torch.Tensor]]) -> None:
-    """One host sync for every tensor of a call; the first non-finite one is named in the error."""
-    if named and not _all_finite(t for _, t in named):
-        bad = next(name for name, t in named if not bool(torch.isfinite(t).all()))
-        raise ValueError(f"{bad} contains NaN or Inf; expected finite values")
-
-
-def _all_finite(tensors: Any) -> bool:
-    """One host sync for any number of tensors (``_foreach`` ops: one dispatch each, not one per tensor)."""
-    tensors = [t for t in tensors if t.numel()]
-    if not tensors:
-        return True
-    maxima = torch._foreach_max(torch._foreach_abs(tensors))  # NaN propagates through max
-    return bool(torch.stack(maxima).isfinite().all())
-
-
-def _copies(values: Any) -> list[Any]:
-    """Exact copies of a list of tensors (and non-tensors as they are), in one ``_foreach`` dispatch."""
-    values = list(values)
-    tensors = [v for v in values if isinstance(v, torch.Tensor)]
-    copies = iter(torch._foreach_mul([t.detach() for t in tensors], 1) if tensors else [])
-    return [next(copies) if isinstance(v, torch.Tensor) else v for v in values]
-
-
-def _signature(tree: Any) -> Any:
-    """Structure, shapes and dtypes of a tensor tree (tuples, lists, dicts of tensors)."""
+def _leaves(tree: Any) -> list[torch.Tensor]:
+    """The tensors of a task tree (tuples and lists of tensors), in order."""
     if isinstance(tree, torch.Tensor):
-        return tuple(tree.shape), tree.dtype, tree.device.type
-    if isinstance(tree, dict):
-        return tuple((k, _signature(v)) for k, v in tree.items())
-    return type(tree).__name__, tuple(_signature(v) for v in tree)
-
-
-def _describe(tree: Any) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return tuple(tree.shape)
-    return tuple(_describe(v) for v in tree)
+        return [tree]
+    return [leaf for item in tree for leaf in _leaves(item)]
 
 
 def _stack(tasks: list[Any]) -> Any:
