@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.interpreters import partial_eval
 
+from jax_impl import _private
 from jax_impl.core.params import SplitCache
 from shared import adaptation_messages as msg
 from shared.adaptation import AdaptationConfig, History, empty_info, function_key, select_parameters
@@ -309,7 +309,7 @@ class Adapter:
             return self._total_loss(loss_fn, p, r, b)[0]
 
         closed = jax.make_jaxpr(total)(params, rest, batch)
-        _, used = partial_eval.dce_jaxpr(closed.jaxpr, [True])
+        used = _private.used_inputs(closed.jaxpr, [True])
         selected = jax.tree.leaves(self.mask)
         if not any(u and m for u, m in zip(used[:len(selected)], selected, strict=True)):
             raise ValueError(msg.loss_does_not_depend(self.names))
