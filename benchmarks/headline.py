@@ -3,7 +3,7 @@
 ``python -m benchmarks.headline benchmarks/results/full.json``
 
 Per thread setting: the MAML times of every contender; the ratios ours/floor per mode (the targets
-of issue 9, each <= 1.2) and best torch vs best jax (the only cross-framework comparison we draw);
+(each <= 1.2) and best torch vs best jax (the only cross-framework comparison we draw);
 the compile times (first call) on their own.
 """
 

@@ -34,7 +34,7 @@ MAML = (TORCH_LOOP, TORCH_VMAP, TORCH_COMPILED, FLOOR_EAGER, FLOOR_COMPILED, AUT
         JAX_FLOOR_OUT_IN, JAX_FLOOR_IN_OUT)
 BY_NAME = {c.name: c for c in MAML}
 
-# Ratios the headline reports per MAML case: (label, ours, floor). Targets (issue 9): each <= 1.2.
+# Ratios the headline reports per MAML case: (label, ours, floor). Target: each <= 1.2.
 RATIOS = (
     ("torch loop / floor eager", TORCH_LOOP.name, FLOOR_EAGER.name),
     ("torch vmap / floor eager", TORCH_VMAP.name, FLOOR_EAGER.name),

@@ -33,7 +33,7 @@ from torch_impl.meta_rl.meta_maml import MetaMAML as TorchMAML
 
 Contenders = dict[str, Callable[[], Any] | str]
 INNER_LR, OUTER_LR = 0.01, 0.001
-# Our torch MetaMAML in each mode: the constructor's keyword options (issue 9).
+# Our torch MetaMAML in each mode: the constructor's keyword options.
 TORCH_MODES = {
     names.TORCH_LOOP.name: {"vectorize": False, "compile": False},
     names.TORCH_VMAP.name: {"vectorize": True, "compile": False},

@@ -1,5 +1,5 @@
-"""Regression tests for the Adapter items of issue 10 (bad input, failed steps, the JAX compile cache,
-BatchNorm in train mode), in both backends alike."""
+"""The Adapter under bad input, failed steps, the JAX compile cache and BatchNorm in train mode,
+in both backends alike."""
 
 import functools
 import gc

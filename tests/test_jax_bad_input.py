@@ -1,4 +1,4 @@
-"""Issue 10, JAX side: each bad input gets a clear ValueError/TypeError (TEAM.md decision 2)."""
+"""JAX side: each bad input gets a clear ValueError or TypeError that names what was expected."""
 
 import jax
 import jax.numpy as jnp

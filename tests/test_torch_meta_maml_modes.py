@@ -222,7 +222,7 @@ def test_compiled_steps_are_cached_by_signature_and_bounded(monkeypatch):
     assert len(compiled_calls) == 4
 
 
-# --------------------------------------------------------------------------- bad input (issue 10)
+# --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_data_and_labels_must_share_the_batch_size(vectorize):
     maml = MetaMAML(SSM(8, 3, 2, 16, "cpu"), vectorize=vectorize)

@@ -154,7 +154,7 @@ def test_wrong_device_is_named():
         MetaMAML(model).adapt(torch.empty(2, 5, 3, dtype=F64, device="meta"), torch.zeros(2, 5, 2, dtype=F64))
 
 
-# ------------------------------------------------------------ bad input (issue 10)
+# ------------------------------------------------------------ bad input
 @pytest.mark.parametrize("call", ["forward", "scan", "hidden_states"])
 def test_sequences_of_length_zero_are_refused(call):
     model = SSM(8, 3, 2, 16, "cpu")
