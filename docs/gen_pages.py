@@ -53,6 +53,11 @@ def _machine(run: dict[str, Any]) -> str:
     return f"{m.get('cpu_count', '?')}-core {m.get('cpu', 'CPU')} (torch threads: {m.get('torch_threads', '?')})"
 
 
+def _native(cfg: dict[str, Any]) -> str:
+    """`` (native)`` for a run on the native rollout path (``rollouts``; older reports: ``native``)."""
+    return " (native)" if cfg.get("rollouts", "native" if cfg.get("native") else None) == "native" else ""
+
+
 def _without_output(command: str) -> str:
     """A recorded command without its ``--output DIR`` (where a run was written does not change it)."""
     return re.sub(r" --output \S+", "", command)
@@ -87,7 +92,7 @@ def nav2d_seeds() -> str:
              "|---" * (len(seeds) + 2) + "|"]
     for key, label in STAGES:
         lines.append(f"| {label} | " + " | ".join(_pm(e[key]) for e in evals) + f" | **{summary[key]['mean']:.2f}** |")
-    lines += ["", f"{cfg['backend']}{' (native)' if cfg.get('native') else ''}, {cfg['task']}, "
+    lines += ["", f"{cfg['backend']}{_native(cfg)}, {cfg['task']}, "
               f"{cfg['iterations']} meta-iterations, meta-batch {cfg['meta_batch']} tasks × {cfg['episodes']} "
               f"episodes, {evals[0]['after_0_steps']['n']} held-out goals; ± is the standard error over the goals. "
               "Source: `benchmarks/results/nav2d_maml_rl/`."]
@@ -105,7 +110,7 @@ def bandit() -> str:
         "| regret | " + " | ".join(f"{regret[k]['mean']:.1f} ± {regret[k]['se']:.1f}" for k, _ in STAGES)
         + f" | {e['random_policy_regret']:.1f} |",
         "",
-        f"{cfg['backend']}{' (native)' if cfg.get('native') else ''}, {cfg['iterations']} meta-iterations, "
+        f"{cfg['backend']}{_native(cfg)}, {cfg['iterations']} meta-iterations, "
         f"seed {cfg['seed']}, {regret['after_0_steps']['n']} held-out bandits, memory ring "
         f"[{cfg['r_min']}, {cfg['r_max']}]. Source: `benchmarks/results/bandit_300/evaluation.json`.",
     ])
