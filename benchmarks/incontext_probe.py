@@ -55,8 +55,8 @@ def main() -> None:
                     spec = PolicySpec(a.family, a.state_dim, a.hidden_dim)
                     cfg = TrialConfig(a.objective, a.episodes, discount, baseline, a.trials)
                     start = time.perf_counter()
-                    _, trainer, metrics = train("jax", spec, cfg, a.iterations, seed=a.seed, meta_batch_size=a.meta_batch,
-                                                outer_lr=lr, max_grad_norm=clip or None,
+                    _, trainer, metrics = train("jax", spec, cfg, a.iterations, seed=a.seed,
+                                                meta_batch_size=a.meta_batch, outer_lr=lr, max_grad_norm=clip or None,
                                                 log=lambda m: print(json.dumps(m), flush=True), log_every=100)
                     row = {"baseline": baseline, "discount": discount, "lr": lr, "clip": clip,
                            "iterations": a.iterations, "seconds": time.perf_counter() - start,

@@ -80,7 +80,8 @@ def bandit_epsilon_greedy(means: np.ndarray, pulls: int, trials: int = 1, seed: 
     return _run(means, pulls, trials, seed, choose)
 
 
-def bandit_ucb1(means: np.ndarray, pulls: int, trials: int = 1, seed: int = 0, c: float = TEXTBOOK_UCB1_C) -> np.ndarray:
+def bandit_ucb1(means: np.ndarray, pulls: int, trials: int = 1, seed: int = 0,
+                c: float = TEXTBOOK_UCB1_C) -> np.ndarray:
     """UCB1: each arm once, then ``argmax mean_i + c sqrt(ln t / n_i)``; textbook ``c = sqrt(2)``."""
     def choose(t: int, n: np.ndarray, s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         index = s / np.maximum(n, 1) + c * np.sqrt(np.log(max(t, 1)) / np.maximum(n, 1))
@@ -104,7 +105,10 @@ BANDIT_BASELINES = {
 
 
 def pseudo_regret(means: np.ndarray, arms: np.ndarray) -> np.ndarray:
-    """``sum_t (max_i mu_i - mu_{a_t})`` per trial: ``means (K, arms)``, ``arms (K, trials, pulls)`` -> ``(K, trials)``."""
+    """``sum_t (max_i mu_i - mu_{a_t})`` per trial.
+
+    ``means (K, arms)``, ``arms (K, trials, pulls)`` -> ``(K, trials)``.
+    """
     means = np.asarray(means, np.float64)
     chosen = np.take_along_axis(means[:, None, :], arms.reshape(arms.shape[0], -1)[:, None, :], -1)
     chosen = chosen.reshape(arms.shape)

@@ -63,8 +63,8 @@ def augment(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, horizon: 
     previous = np.concatenate([np.zeros_like(features[:, :1]), features[:, :-1]], axis=1)
     prev_reward = np.concatenate([np.zeros((n, 1)), np.asarray(rewards, np.float64)[:, :-1]], axis=1)
     boundary = (np.arange(length) % horizon == 0).astype(np.float64)
-    return np.concatenate([obs, previous, prev_reward[..., None], np.broadcast_to(boundary[None, :, None], (n, length, 1))],
-                          axis=-1)
+    flag = np.broadcast_to(boundary[None, :, None], (n, length, 1))
+    return np.concatenate([obs, previous, prev_reward[..., None], flag], axis=-1)
 
 
 def time_features(length: int) -> np.ndarray:

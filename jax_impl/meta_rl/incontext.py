@@ -99,7 +99,8 @@ def state_values(hidden: jax.Array, returns: jax.Array, reg: float = STATE_BASEL
     n, length = returns.shape
     features = jnp.concatenate([hidden, jnp.broadcast_to(time_features(length, hidden.dtype), (n, length, 4))], -1)
     x = features.reshape(-1, features.shape[-1])
-    weights = jnp.linalg.solve(x.T @ x + reg * x.shape[0] * jnp.eye(x.shape[1], dtype=x.dtype), x.T @ returns.reshape(-1))
+    gram = x.T @ x + reg * x.shape[0] * jnp.eye(x.shape[1], dtype=x.dtype)
+    weights = jnp.linalg.solve(gram, x.T @ returns.reshape(-1))
     return features @ weights
 
 
@@ -321,8 +322,8 @@ class InContextRL:
         """Per-step ``rewards`` and ``actions`` ``(K, trials, L, ...)`` of trials from the meta-parameters,
         and ``adapted_rewards`` after ``adapt_steps`` inner steps on them (the same when 0)."""
         episodes = self.config.episodes if episodes is None else episodes
-        pre, actions, post = self._evaluate(nnx.state(self.policy, nnx.Param), task_array(self.distribution, tasks, self.dtype),
-                                   key, trials=trials, episodes=episodes, adapt_steps=adapt_steps)
+        tasks_array = task_array(self.distribution, tasks, self.dtype)
+        pre, actions, post = self._evaluate(nnx.state(self.policy, nnx.Param), tasks_array, key, trials=trials, episodes=episodes, adapt_steps=adapt_steps)
         return {"rewards": np.asarray(pre), "actions": np.asarray(actions), "adapted_rewards": np.asarray(post)}
 
 
