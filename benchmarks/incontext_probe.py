@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--clip", nargs="+", type=float, default=[1.0])
     p.add_argument("--state-dim", type=int, default=32)
     p.add_argument("--hidden-dim", type=int, default=64)
+    p.add_argument("--init-log-std", type=float, default=-1.0)
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--meta-batch", type=int, default=16)
     p.add_argument("--objective", default="incontext")
@@ -52,7 +53,7 @@ def main() -> None:
         for discount in a.discount:
             for lr in a.lr:
                 for clip in a.clip:
-                    spec = PolicySpec(a.family, a.state_dim, a.hidden_dim)
+                    spec = PolicySpec(a.family, a.state_dim, a.hidden_dim, a.init_log_std)
                     cfg = TrialConfig(a.objective, a.episodes, discount, baseline, a.trials)
                     start = time.perf_counter()
                     _, trainer, metrics = train("jax", spec, cfg, a.iterations, seed=a.seed,

@@ -67,13 +67,14 @@ def incontext_losses(setup) -> list:  # noqa: ANN001 (a parity_tests.matrix.Setu
         j_x, j_actions, j_rewards = (jnp.asarray(a) for a in (x, actions, rewards))
         with torch.no_grad():
             t_hidden = t_policy.hidden_states(flat(t_x))
-        j_hidden = j_policy.hidden_states(flat(j_x))
+        j_hidden = nnx.jit(lambda policy, x: policy.hidden_states(x))(j_policy, flat(j_x))
         rows.append(row(f"in-context SSM states over whole trials ({family})", dtype, "outputs",
                         compare_trees(np.asarray(j_hidden), t_hidden.numpy())))
         advantages = {}
         for baseline in BASELINES:
             t_adv = torch_ic.trial_advantages(t_hidden, flat(t_x), flat(t_rewards), 0.99, baseline)
-            j_adv = jax_ic.trial_advantages(j_hidden, flat(j_x), flat(j_rewards), 0.99, baseline)
+            j_adv = jax.jit(jax_ic.trial_advantages, static_argnums=(3, 4))(j_hidden, flat(j_x), flat(j_rewards), 0.99,
+                                                                            baseline)
             rows.append(row(f"in-context advantages, {baseline} baseline ({family})", dtype, "pg_loss",
                             compare_trees(np.asarray(j_adv), t_adv.numpy())))
             advantages[baseline] = t_adv.reshape(k, m, length).numpy()
@@ -85,7 +86,8 @@ def incontext_losses(setup) -> list:  # noqa: ANN001 (a parity_tests.matrix.Setu
 
         t_loss = torch_ic.incontext_objective(t_policy, t_params, *t_pre)
         t_grads = dict(zip(t_params, torch.autograd.grad(t_loss, list(t_params.values())), strict=True))
-        j_loss, j_grads = jax.value_and_grad(jax_ic.incontext_objective, argnums=1)(graphdef, j_params, rest, *j_pre)
+        j_loss, j_grads = jax.jit(jax.value_and_grad(jax_ic.incontext_objective, argnums=1), static_argnums=0)(
+            graphdef, j_params, rest, *j_pre)
         rows.append(row(f"in-context trial loss ({family})", dtype, "pg_loss",
                         compare_trees(np.asarray(j_loss), t_loss.detach().numpy())))
         rows.append(row(f"in-context trial loss gradient ({family})", dtype, "gradients",
@@ -96,7 +98,7 @@ def incontext_losses(setup) -> list:  # noqa: ANN001 (a parity_tests.matrix.Setu
         j_post = tuple(jnp.flip(a, 0) for a in j_pre)
         t_loss = torch_ic.combined_objective(t_policy, t_params, t_pre, t_post, INNER_LR, 1)
         t_grads = dict(zip(t_params, torch.autograd.grad(t_loss, list(t_params.values())), strict=True))
-        j_loss, j_grads = jax.value_and_grad(jax_ic.combined_objective, argnums=1)(
+        j_loss, j_grads = jax.jit(jax.value_and_grad(jax_ic.combined_objective, argnums=1), static_argnums=(0, 5, 6))(
             graphdef, j_params, rest, j_pre, j_post, INNER_LR, 1)
         rows.append(row(f"combined (in-context + inner step) loss ({family})", dtype, "pg_loss",
                         compare_trees(np.asarray(j_loss), t_loss.detach().numpy())))
