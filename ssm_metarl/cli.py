@@ -60,7 +60,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
             "saves a resumable checkpoint there.", 100),
         epilog="examples:\n  ssm-metarl train --backend jax --task bandit --iterations 300\n"
                "  ssm-metarl train --config runs/train/config.toml --output runs/again   # repeat a run\n"
-               "  ssm-metarl train --resume runs/train                                # after Ctrl-C")
+               "  ssm-metarl train --resume runs/train                                # after Ctrl-C\n"
+               "  ssm-metarl train --resume runs/train --backend jax                  # ... in the other backend")
     # Config fields default to SUPPRESS, so only the flags actually given override a --config file.
     field = {"default": argparse.SUPPRESS}
     train.add_argument("--config", type=Path, default=None,
@@ -94,15 +95,18 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-tasks", type=positive_int, **field, help=f"held-out tasks (default: {d.eval_tasks})")
     train.add_argument("--eval-episodes", type=positive_int, **field,
                        help=f"episodes per held-out task (default: {d.eval_episodes})")
-    train.add_argument("--no-native", dest="native", action="store_false", **field,
-                       help="JAX: use the numpy environments, not the jit-compiled rollouts (default: native)")
+    train.add_argument("--rollouts", choices=["runner", "native"], **field,
+                       help="runner: gymnasium environments through the backend-neutral runner; native: the "
+                            "dynamics written in the framework, one compiled program per meta-iteration "
+                            "(nav2d and bandit only) (default: native where the task has it, else runner)")
     train.add_argument("--output", type=Path, default=Path("runs/train"), help="run directory")
     train.add_argument("--overwrite", action="store_true",
                        help="replace a non-empty --output (once the new run is complete) and discard an "
                             "interrupted run waiting there (default: refuse)")
     train.add_argument("--resume", type=Path, default=None, metavar="DIR",
-                       help="continue the interrupted run whose --output was DIR, with its saved config "
-                            "(default: start a new run)")
+                       help="continue the interrupted run whose --output was DIR, with its saved config; "
+                            "--backend may be given to continue it in the other framework (default: start a "
+                            "new run)")
     train.add_argument("--checkpoint-every", type=positive_int, default=10,
                        help="save a resumable checkpoint every N meta-iterations")
 
@@ -156,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CONFIG_FLAGS = ("backend", "task", "iterations", "meta_batch", "episodes", "state_dim", "hidden_dim", "inner_lr",
-                "outer_lr", "init_log_std", "r_min", "r_max", "seeds", "eval_tasks", "eval_episodes", "native")
+                "outer_lr", "init_log_std", "r_min", "r_max", "seeds", "eval_tasks", "eval_episodes", "rollouts")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -166,10 +170,13 @@ def run_train(args: argparse.Namespace) -> int:
 
     flags = {name: getattr(args, name) for name in CONFIG_FLAGS if hasattr(args, name)}
     output = args.output
+    backend = None
     if args.resume is not None:
+        backend = flags.pop("backend", None)  # a run may continue in the other backend
         if flags or args.config is not None:
             given = ["--" + name.replace("_", "-") for name in flags] + (["--config"] if args.config else [])
-            raise ValueError(f"--resume continues a run with its saved configuration; drop {', '.join(given)}")
+            raise ValueError(f"--resume continues a run with its saved configuration (only --backend may "
+                             f"change); drop {', '.join(given)}")
         output = output_of_staging(args.resume)
         configs: list = []
     else:
@@ -177,7 +184,7 @@ def run_train(args: argparse.Namespace) -> int:
         configs = train.resolve_configs(file_values, flags, str(args.config))
     try:
         train.run(configs, output, overwrite=args.overwrite, resume=args.resume is not None,
-                  checkpoint_every=args.checkpoint_every)
+                  checkpoint_every=args.checkpoint_every, backend=backend)
     except KeyboardInterrupt as interrupt:
         where = f" ({interrupt})" if isinstance(interrupt, train.TrainingInterrupted) else ""
         print(f"\nssm-metarl train: interrupted{where}.\n{output} is unchanged. Continue with: "

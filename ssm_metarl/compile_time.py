@@ -1,4 +1,4 @@
-"""JAX compilation time (tracing, lowering and XLA compilation), counted through ``jax.monitoring``."""
+"""Compilation time: JAX (tracing, lowering, XLA, through ``jax.monitoring``) and ``torch.compile``."""
 
 from __future__ import annotations
 
@@ -24,3 +24,15 @@ def jax_compile_seconds() -> float:
         jax.monitoring.register_event_duration_secs_listener(_listen)
         _listening[0] = True
     return _total[0]
+
+
+def torch_compile_seconds() -> float:
+    """Seconds this process has spent in ``torch.compile`` (dynamo + inductor), from dynamo's own timers."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
+
+
+def compile_seconds(backend: str) -> float:
+    """Seconds this process has spent compiling in ``backend`` (``"torch"`` or ``"jax"``) so far."""
+    return {"torch": torch_compile_seconds, "jax": jax_compile_seconds}[backend]()

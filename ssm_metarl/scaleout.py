@@ -50,24 +50,25 @@ def sharded_meta_iteration(learner: Any, workers: Any, meta_env: MetaEnvironment
                            episodes: int) -> dict[str, float]:
     """One MAML-RL meta-iteration on this worker's slice of ``n_tasks`` tasks; returns the global metrics.
 
-    ``workers`` is a ``DistributedMetaMAML`` over ``learner.maml`` (or :class:`SingleWorker`).
+    ``workers`` is a ``DistributedMetaMAML`` over ``learner.maml`` (or :class:`SingleWorker`); ``learner`` is
+    any ``shared.learner.MetaRLLearner``.
     """
     tasks = meta_env.sample_tasks(n_tasks)
     seeds = meta_env.rng.integers(2**31, size=(2, n_tasks))  # pre- and post-adaptation rollouts
     mine = task_slice(n_tasks, workers.rank, workers.world_size)
     local = tasks[mine]
-    convert = getattr(learner, "to_tensors", None) or learner.to_arrays
     pre_sum = post_sum = 0.0
     local_tasks = []
     if local:
         meta, state = learner.meta_params(), learner.initial_state(len(local), episodes)
         pre = rollout_per_task(meta_env.distribution, local, seeds[0, mine], episodes,
                                learner.act_fn([meta] * len(local), episodes), state)
-        support = batches(learner, pre)
-        adapted = [learner.adapt(b) for b in support]
+        support = [learner.convert(b) for b in batches(learner, pre)]
+        adapted = learner.adapt_tasks(support)
         post = rollout_per_task(meta_env.distribution, local, seeds[1, mine], episodes,
                                 learner.act_fn(adapted, episodes), learner.initial_state(len(local), episodes))
-        local_tasks = [(*convert(s), *convert(q)) for s, q in zip(support, batches(learner, post), strict=True)]
+        query = [learner.convert(b) for b in batches(learner, post)]
+        local_tasks = [(*s, *q) for s, q in zip(support, query, strict=True)]
         pre_sum = float(np.sum([e.returns.mean() for e in pre]))
         post_sum = float(np.sum([e.returns.mean() for e in post]))
     loss = workers.local_meta_update(local_tasks, expected_total=n_tasks)
@@ -116,7 +117,11 @@ def connect() -> Ranks | None:
     return Ranks(rank, world, dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=24)))
 
 
-def check_backend(ranks: Ranks | None, backends: list[str]) -> None:
+def check_backend(ranks: Ranks | None, backends: list[str], rollouts: list[str] | None = None) -> None:
+    """torchrun shards the torch backend's runner path; anything else is refused before any compute."""
+    if ranks is not None and any(r != "runner" for r in rollouts or []):
+        raise ValueError("torchrun shards the runner path by task (--rollouts runner); the native path is one "
+                         "compiled program per meta-iteration and runs in one process")
     if ranks is not None and any(b != "torch" for b in backends):
         raise ValueError("torchrun runs the torch backend (--backend torch); the JAX backend scales over the "
                          "devices of a jax.sharding.Mesh (jax_impl.meta_rl.distributed), see README 'Scaling out'")

@@ -3,7 +3,7 @@
 import json
 import signal
 
-from ssm_metarl import train as train_module
+from ssm_metarl import train_session as train_module
 from ssm_metarl.cli import main
 
 FLAGS = ["--iterations", "2", "--meta-batch", "2", "--episodes", "2", "--state-dim", "4", "--hidden-dim", "8",
@@ -11,7 +11,7 @@ FLAGS = ["--iterations", "2", "--meta-batch", "2", "--episodes", "2", "--state-d
 
 
 def test_ctrl_c_then_resume_from_the_command_line(tmp_path, capsys, monkeypatch):
-    original = train_module._iteration_fn
+    original = train_module.iteration_fn
 
     def interrupting(config, *args):
         step = original(config, *args)
@@ -23,7 +23,7 @@ def test_ctrl_c_then_resume_from_the_command_line(tmp_path, capsys, monkeypatch)
             return result
         return once
 
-    monkeypatch.setattr(train_module, "_iteration_fn", interrupting)
+    monkeypatch.setattr(train_module, "iteration_fn", interrupting)
     output = tmp_path / "run"
     assert main(["train", *FLAGS, "--output", str(output)]) == 130
     err = capsys.readouterr().err
@@ -32,7 +32,7 @@ def test_ctrl_c_then_resume_from_the_command_line(tmp_path, capsys, monkeypatch)
     staged = tmp_path / ".run.partial"
     assert (staged / "seed_0" / "evaluation.json").is_file() and (staged / "seed_1" / "resume.safetensors").is_file()
 
-    monkeypatch.setattr(train_module, "_iteration_fn", original)
+    monkeypatch.setattr(train_module, "iteration_fn", original)
     assert main(["train", "--resume", str(output)]) == 0
     assert not staged.exists()
     metrics = json.loads((output / "seed_1" / "metrics.json").read_text())["iterations"]

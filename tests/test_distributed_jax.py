@@ -166,7 +166,7 @@ def test_on_4_devices_maml_rl_sharded_equals_one_device() -> None:
     from shared.env_runner import MetaEnvironment
     from ssm_metarl import scaleout, train
 
-    config = train.TrainConfig(backend="jax", task="nav2d", meta_batch=3, episodes=2, iterations=1, native=False,
+    config = train.TrainConfig(backend="jax", task="nav2d", meta_batch=3, episodes=2, iterations=1, rollouts="runner",
                                state_dim=4, hidden_dim=8)
     distribution = MetaEnvironment(config.task).distribution
     runs = {}
@@ -178,6 +178,6 @@ def test_on_4_devices_maml_rl_sharded_equals_one_device() -> None:
         metrics = [scaleout.sharded_meta_iteration(learner, workers, meta_env, config.meta_batch, config.episodes)
                    for _ in range(config.iterations)]
         runs[name] = {"metrics": {k: np.array([m[k] for m in metrics]) for k in metrics[0]},
-                      "weights": train.canonical_weights(learner)}
+                      "weights": learner.canonical_weights()}
     comparison = compare_trees(runs["4 devices"], runs["one device"])
     assert comparison.passes(1e-5), comparison.report(1e-5)  # float32 policy

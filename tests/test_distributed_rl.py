@@ -46,7 +46,7 @@ def test_per_task_rollouts_do_not_depend_on_the_split(task: str) -> None:
         rollout_per_task(dist, tasks, seeds[:2], 3, act, None)
 
 
-CONFIG = {"task": "nav2d", "iterations": 6, "meta_batch": 3, "episodes": 2, "eval_tasks": 2, "eval_episodes": 2}
+CONFIG = {"task": "nav2d", "rollouts": "runner", "iterations": 6, "meta_batch": 3, "episodes": 2, "eval_tasks": 2, "eval_episodes": 2}
 
 
 def one_worker_run() -> tuple[list[dict], dict[str, np.ndarray]]:
@@ -58,7 +58,7 @@ def one_worker_run() -> tuple[list[dict], dict[str, np.ndarray]]:
     worker = scaleout.SingleWorker(learner.maml)
     metrics = [scaleout.sharded_meta_iteration(learner, worker, meta_env, config.meta_batch, config.episodes)
                for _ in range(config.iterations)]
-    return metrics, train.canonical_weights(learner)
+    return metrics, learner.canonical_weights()
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.Popen:

@@ -75,24 +75,61 @@ def test_bandit_dynamics_numpy_equals_jax():
     )
 
 
-def test_jax_native_rollout_follows_the_numpy_dynamics():
-    """Replay the JAX-native rollout's own actions through the numpy env: the same rewards."""
-    import jax
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("task", ["nav2d", "bandit"])
+def test_native_rollouts_follow_the_numpy_dynamics(backend, task):
+    """Replay each backend's native rollout (its own actions) through the numpy env: the same observations and
+    rewards, and the actions are the runner's samples for the same noise."""
+    from shared.env_runner.environment import sample_actions
+    from shared.native_noise import draw_noise, task_parameters
+    from ssm_metarl.train import TrainConfig, initial_weights, make_learner
 
-    from jax_impl.meta_rl.maml_rl import MAMLRL, SSMPolicy
-    from jax_impl.meta_rl.native import NativeMAMLRL
+    dist = get_distribution(task)
+    config = TrainConfig(backend=backend, task=task, state_dim=4, hidden_dim=8)
+    weights = {k: v.astype(np.float64) for k, v in initial_weights(config, dist).items()}
+    learner = make_learner(config, dist, weights)
+    native = learner.native(dist, 3, **({"compile": False} if backend == "torch" else {}))
+    rng = np.random.default_rng(0)
+    tasks = dist.sample(2, rng)
+    noise = draw_noise(dist, rng, 2, 3)
+    tasks_array, action_noise, reward_noise = native.arrays(tasks, noise)
+    if backend == "torch":
+        obs, actions, rewards, _ = native.rollouts(learner.meta_params(), tasks_array, action_noise[0],
+                                                   None if reward_noise is None else reward_noise[0])
+    else:
+        obs, actions, rewards, _ = native.rollouts(learner.meta_params(), learner.rest(), tasks_array,
+                                                   action_noise[0], None if reward_noise is None else reward_noise[0])
+    obs, actions, rewards = (np.asarray(a) for a in (obs, actions, rewards))
+    assert np.isfinite(obs).all() and obs.shape[:3] == (2, 3, dist.horizon)
+    params = task_parameters(dist, tasks)
+    for k in range(2):
+        env = dist.make_vector([tasks[k]], 3)
+        env_obs, _ = env.reset(seed=0)
+        for t in range(dist.horizon):
+            np.testing.assert_allclose(obs[k, :, t], env_obs, rtol=1e-5, atol=1e-6)
+            if task == "bandit":  # the env draws its own uniforms: step the transition with the injected ones
+                from shared.env_runner.envs import bandit_transition
 
-    dist = get_distribution("nav2d")
-    learner = MAMLRL(SSMPolicy(2, 2, False, 4, 8, "cpu", dtype=jnp.float64))
-    runner = NativeMAMLRL(learner, dist, episodes_per_task=3)
-    goal = jnp.asarray([0.3, -0.2])
-    obs, actions, rewards, _ = runner.rollout(learner.meta_params(), learner.maml._rest(), goal, jax.random.key(0))
-    env = gym.make_vec(ENV_IDS["nav2d"], num_envs=3, vectorization_mode="vector_entry_point", goals=np.array(goal))
-    env_obs, _ = env.reset(seed=0)
-    for t in range(dist.horizon):
-        np.testing.assert_allclose(np.asarray(obs[:, t]), env_obs, rtol=1e-5, atol=1e-6)
-        env_obs, env_rewards, *_ = env.step(np.asarray(actions[:, t]))
-        np.testing.assert_allclose(np.asarray(rewards[:, t]), env_rewards, rtol=1e-6, atol=1e-6)
+                expected = bandit_transition(np.repeat(params[k:k + 1], 3, 0), actions[k, :, t],
+                                             noise.rewards[0, k, :, t])
+                np.testing.assert_array_equal(rewards[k, :, t], expected)
+                env_obs = np.concatenate([np.eye(dist.arms)[actions[k, :, t]], expected[:, None]], -1)
+            else:
+                env_obs, env_rewards, *_ = env.step(actions[k, :, t])
+                np.testing.assert_allclose(rewards[k, :, t], env_rewards, rtol=1e-6, atol=1e-6)
+    # the first action of every episode is the runner's sample from the same noise
+    first_params = np.asarray(learner.act_fn([learner.meta_params()] * 2, 3)(
+        np.zeros((6, dist.obs_dim), np.float32), learner.initial_state(2, 3))[0])
+
+    class Replay:  # a numpy Generator stand-in that hands out the injected noise
+        def random(self, shape):
+            return noise.actions[0, :, :, 0].reshape(shape)
+
+        def standard_normal(self, shape):
+            return noise.actions[0, :, :, 0].reshape(shape)
+
+    np.testing.assert_allclose(sample_actions(first_params, dist.discrete, Replay()).reshape(actions[:, :, 0].shape),
+                               actions[:, :, 0], rtol=1e-6, atol=1e-6)
 
 
 def test_unknown_names_and_bad_task_parameters_are_clear_errors():

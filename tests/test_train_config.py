@@ -22,7 +22,7 @@ def test_flags_override_the_file_and_missing_fields_take_the_defaults():
 
 
 def test_toml_text_reads_back_exactly(tmp_path):
-    values = {"backend": "jax", "inner_lr": 0.1 + 0.2, "outer_lr": 3e-3, "r_min": 1 / 3, "native": False,
+    values = {"backend": "jax", "inner_lr": 0.1 + 0.2, "outer_lr": 3e-3, "r_min": 1 / 3, "rollouts": "runner",
               "seeds": [0, 5]}
     (tmp_path / "c.toml").write_text(dumps_toml(values))
     assert read_toml(tmp_path / "c.toml") == values
@@ -35,10 +35,10 @@ def test_config_toml_repeats_the_run_exactly(tmp_path, capsys):
     assert main(["train", *FLAGS, "--output", str(first)]) == 0
     out = capsys.readouterr()
     assert "ETA" in out.err and "it/s" in out.err  # the progress bar
-    assert "no torch.compile" in out.out  # the compile line
+    assert "torch.compile" in out.out  # the compile line
     written = read_toml(first / "config.toml")
     assert written["seeds"] == [3] and written["inner_lr"] == 0.07 and written["init_log_std"] == -0.3
-    assert "native" not in written  # a torch run: the field means nothing here
+    assert written["rollouts"] == "native"  # the task's default, resolved
     assert main(["train", "--config", str(first / "config.toml"), "--output", str(second)]) == 0
     assert read_toml(second / "config.toml") == written
     a, _ = load_weights(first / "checkpoint.safetensors")
@@ -55,7 +55,7 @@ def test_config_toml_repeats_the_run_exactly(tmp_path, capsys):
         assert key in report["run"], key
     assert {"cpu", "cpu_count", "torch_threads", "device"} <= set(report["run"]["machine"])
     assert report["return"].startswith("return: the sum of the rewards")
-    assert "native" not in report["config"]
+    assert report["config"]["rollouts"] == "native"
 
     # evaluate in the other backend writes its own files and overwrites none of the run's
     before = {p.name: p.read_bytes() for p in first.iterdir()}
@@ -65,4 +65,4 @@ def test_config_toml_repeats_the_run_exactly(tmp_path, capsys):
     assert set(after) - set(before) == {"evaluation_jax.json", "adaptation_jax.png"}
     assert all(after[name] == content for name, content in before.items())
     evaluation = json.loads((first / "evaluation_jax.json").read_text())
-    assert evaluation["config"]["backend"] == "jax" and "native" in evaluation["config"]
+    assert evaluation["config"]["backend"] == "jax" and evaluation["config"]["rollouts"] == "native"

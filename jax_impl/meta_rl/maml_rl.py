@@ -2,12 +2,14 @@
 
 RL is a loss here, not a second copy of MAML: ``MAMLRL`` hands ``policy_gradient_loss`` to
 ``MetaMAML``. Acting for many tasks at once is one ``jit``-compiled, ``vmap``ped step.
-``jax_impl/meta_rl/native.py`` adds a fully jit-compiled path with the environments in JAX.
+``jax_impl/meta_rl/native.py`` adds a fully jit-compiled path with the environments in JAX
+(:meth:`MAMLRL.native`). ``MAMLRL`` implements ``shared.learner.MetaRLLearner``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -15,8 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_impl.core.params import SplitCache, from_canonical, to_canonical
 from jax_impl.core.ssm import SSM
 from jax_impl.meta_rl.meta_maml import MetaMAML, Params
+from shared.layout import torch_to_flax
+from shared.learner import ADAM_MOMENTS, ADAM_STEP, Batch, check_optimizer_state
 from shared.rl import RLBatch
 
 
@@ -62,22 +67,97 @@ def policy_gradient_loss(outputs: tuple[jax.Array, jax.Array], labels: tuple) ->
 class MAMLRL:
     """Meta-trains ``policy`` with second-order MAML on policy-gradient losses.
 
+    Implements ``shared.learner.MetaRLLearner`` (the same names as the PyTorch twin).
+
     Args:
         policy: an :class:`SSMPolicy` (or any module with its call signature).
         inner_lr, outer_lr, num_inner_steps, first_order: as in :class:`MetaMAML`.
     """
+
+    backend = "jax"
 
     def __init__(self, policy: nnx.Module, inner_lr: float = 0.1, outer_lr: float = 1e-3, num_inner_steps: int = 1,
                  *, first_order: bool = False) -> None:
         self.policy = policy
         self.maml = MetaMAML(policy, inner_lr, outer_lr, num_inner_steps, first_order=first_order,
                              loss_fn=policy_gradient_loss)
+        self._split = SplitCache(policy)
         self._act = jax.jit(jax.vmap(self._act_one, in_axes=(0, None, 0, 0)))
-        self.dtype_name = jnp.dtype(self.maml.dtype).name  # for numpy batches
+        # every task's inner loop at once: from shared meta-parameters (None) or per-task ones (0)
+        self._adapt_tasks = {axis: jax.jit(jax.vmap(self.maml.inner_loop, in_axes=(axis, None, 0, 0)))
+                             for axis in (None, 0)}
+        self.dtype = self.maml.dtype
+        self.dtype_name = jnp.dtype(self.dtype).name  # for numpy batches
 
+    @classmethod
+    def build(cls, obs_dim: int, action_dim: int, discrete: bool, state_dim: int, hidden_dim: int,
+              weights: dict[str, np.ndarray], *, inner_lr: float, outer_lr: float, r_min: float,
+              r_max: float) -> MAMLRL:
+        """A learner whose :class:`SSMPolicy` holds the canonical ``weights`` (their dtype is the policy's)."""
+        dtype = jnp.dtype(next(iter(weights.values())).dtype)
+        policy = SSMPolicy(obs_dim, action_dim, discrete, state_dim, hidden_dim, "cpu", dtype=dtype,
+                           r_min=r_min, r_max=r_max)
+        learner = cls(policy, inner_lr, outer_lr)
+        learner.load_canonical_weights(weights)
+        return learner
+
+    # ------------------------------------------------------------ weights and optimizer state
     def meta_params(self) -> Params:
         return jax.tree.map(jnp.copy, nnx.state(self.policy, nnx.Param))
 
+    def state(self) -> tuple[Params, nnx.State]:
+        """``(params, rest)``: the policy's live parameters and other variables (no copies)."""
+        return self._split.get()
+
+    def rest(self) -> nnx.State:
+        """The policy's non-Param variables (what ``nnx.merge`` needs besides the parameters)."""
+        return self._split.get()[1]
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        """The policy's parameters by canonical name (PyTorch ``state_dict`` names and layout), as numpy."""
+        return to_canonical(nnx.state(self.policy, nnx.Param))
+
+    def load_canonical_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Set the policy's parameters exactly from canonical ``weights`` (names and shapes are checked)."""
+        from_canonical(self.policy, weights)
+
+    def _adam_state(self) -> tuple[Any, int]:
+        """optax's ``ScaleByAdamState`` inside the chain, and its index."""
+        for index, part in enumerate(self.maml.opt_state):
+            if hasattr(part, "mu") and hasattr(part, "nu"):
+                return part, index
+        raise ValueError("the outer optimizer state has no Adam moments (expected optax.adam's ScaleByAdamState)")
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Adam's state in the canonical layout of ``shared.learner`` (moments in PyTorch's layout)."""
+        adam, _ = self._adam_state()
+        out = {ADAM_STEP: np.asarray(int(adam.count), np.int64)}
+        for key, tree in zip(ADAM_MOMENTS, (adam.mu, adam.nu), strict=True):
+            out.update({f"{key}.{name}": value for name, value in to_canonical(tree).items()})
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Set Adam's state from the canonical layout, exactly; ``ValueError`` naming what is missing or wrong."""
+        names = list(self.canonical_weights())
+        check_optimizer_state(state, names, "load_optimizer_state")
+        adam, index = self._adam_state()
+        moments = []
+        for key, tree in zip(ADAM_MOMENTS, (adam.mu, adam.nu), strict=True):
+            expected = to_canonical(tree)
+            values = {name: np.asarray(state[f"{key}.{name}"]) for name in names}
+            for name, value in values.items():
+                if value.shape != expected[name].shape or value.dtype != expected[name].dtype:
+                    raise ValueError(f"load_optimizer_state: {key}.{name} must be {expected[name].dtype} of shape "
+                                     f"{expected[name].shape}, got {value.dtype} {value.shape}")
+            moment = jax.tree.map(jnp.copy, tree)
+            nnx.replace_by_pure_dict(moment, jax.tree.map(jnp.asarray, torch_to_flax(values)))
+            moments.append(moment)
+        count = jnp.asarray(int(state[ADAM_STEP]), adam.count.dtype)
+        parts = list(self.maml.opt_state)
+        parts[index] = adam._replace(count=count, mu=moments[0], nu=moments[1])
+        self.maml.opt_state = type(self.maml.opt_state)(parts)
+
+    # ------------------------------------------------------------ acting
     def _act_one(self, params: Params, rest: nnx.State, obs: jax.Array, state: jax.Array) -> tuple:
         out, h = nnx.merge(self.maml.graphdef, params, rest)(obs[:, None], state)
         return out[:, 0], h
@@ -85,8 +165,8 @@ class MAMLRL:
     def act_fn(self, params: list[Params], episodes_per_task: int) -> Any:
         """``act(obs, state)`` for a task-major batch: task ``i`` acts with ``params[i]`` (one vmapped call)."""
         stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
-        rest = self.maml._rest()
-        dtype = self.maml._param_dtype()
+        rest = self.rest()
+        dtype = self.dtype
 
         def act(obs: np.ndarray, state: jax.Array) -> tuple[np.ndarray, jax.Array]:
             x = jnp.asarray(obs, dtype).reshape(len(params), episodes_per_task, -1)
@@ -97,35 +177,75 @@ class MAMLRL:
 
     def initial_state(self, n_tasks: int, episodes_per_task: int) -> jax.Array:
         state_dim = self.policy.ssm.config.state_dim
-        return jnp.zeros((n_tasks, episodes_per_task, state_dim), self.maml._param_dtype())
+        return jnp.zeros((n_tasks, episodes_per_task, state_dim), self.dtype)
 
-    def to_arrays(self, batch: RLBatch) -> tuple[jax.Array, tuple]:
-        dtype = self.maml._param_dtype()
+    # ------------------------------------------------------------ batches, adaptation, meta-update
+    def convert(self, batch: RLBatch | Batch) -> Batch:
+        """An :class:`RLBatch` as arrays ``(obs, (actions, advantages, mask))`` (a converted one passes through)."""
+        if not isinstance(batch, RLBatch):
+            return batch
+        dtype = self.dtype
 
         def array(a: np.ndarray) -> jax.Array:
             return jnp.asarray(a) if a.dtype.kind == "i" else jnp.asarray(a, dtype)
 
         return array(batch.obs), tuple(array(a) for a in batch.labels)
 
-    def adapt(self, batch: RLBatch, params: Params | None = None) -> Params:
+    def adapt(self, batch: RLBatch | Batch, params: Params | None = None) -> Params:
         """One adaptation (``num_inner_steps`` policy-gradient steps) on ``batch``, from ``params``."""
-        obs, labels = self.to_arrays(batch)
+        obs, labels = self.convert(batch)
         return self.maml.adapt(obs, labels, params=params)
 
-    def inner_loss(self, batch: RLBatch, params: Params | None = None) -> float:
-        obs, labels = self.to_arrays(batch)
+    def adapt_tasks(self, batches: Sequence[RLBatch | Batch], params: Sequence[Params] | None = None) -> list[Params]:
+        """Every task's inner loop in one ``jit(vmap)`` call, from the meta-parameters or ``params[i]``.
+
+        The same maths as ``[adapt(b, p) for b, p in zip(batches, params)]`` (tested equal); every task's
+        batch must have the same shapes.
+        """
+        converted = [self.convert(b) for b in batches]
+        obs = jnp.stack([c[0] for c in converted])
+        labels = tuple(jnp.stack([c[1][i] for c in converted]) for i in range(len(converted[0][1])))
+        floats = [obs, *(t for t in labels if jnp.issubdtype(t.dtype, jnp.floating))]
+        if not bool(jnp.all(jnp.stack([jnp.isfinite(t).all() for t in floats]))):
+            raise ValueError("adapt_tasks: a batch contains NaN or Inf; expected finite observations and advantages")
+        if params is None:
+            start, axis = self._split.get()[0], None
+        else:
+            start, axis = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params), 0
+        adapted = self._adapt_tasks[axis](start, self.rest(), obs, labels)
+        return [jax.tree.map(lambda a, i=i: a[i], adapted) for i in range(len(converted))]
+
+    def inner_loss(self, batch: RLBatch | Batch, params: Params | None = None) -> float:
+        obs, labels = self.convert(batch)
         params = self.meta_params() if params is None else params
-        return float(policy_gradient_loss(nnx.merge(self.maml.graphdef, params, self.maml._rest())(obs), labels))
+        return float(policy_gradient_loss(nnx.merge(self.maml.graphdef, params, self.rest())(obs), labels))
 
-    def _tasks(self, pairs: list[tuple[RLBatch, RLBatch]]) -> list[tuple]:
-        return [(*self.to_arrays(support), *self.to_arrays(query)) for support, query in pairs]
+    def _tasks(self, pairs: Sequence[tuple[RLBatch | Batch, RLBatch | Batch]]) -> list[tuple]:
+        return [(*self.convert(support), *self.convert(query)) for support, query in pairs]
 
-    def meta_update(self, pairs: list[tuple[RLBatch, RLBatch]]) -> float:
-        """One outer Adam step on the post-adaptation surrogate loss; ``pairs`` are (support, query)."""
+    def meta_update(self, pairs: Sequence[tuple[RLBatch | Batch, RLBatch | Batch]]) -> float:
+        """One guarded outer Adam step on the post-adaptation surrogate loss; ``pairs`` are (support, query)."""
         return self.maml.meta_update(self._tasks(pairs))
 
-    def meta_gradient(self, pairs: list[tuple[RLBatch, RLBatch]]) -> Params:
+    def meta_gradient(self, pairs: Sequence[tuple[RLBatch | Batch, RLBatch | Batch]]) -> Params:
         return self.maml.meta_gradient(self._tasks(pairs))
+
+    # ------------------------------------------------------------ other paths
+    def native(self, distribution: Any, episodes_per_task: int) -> Any:
+        """The in-graph rollout path (``jax_impl.meta_rl.native``) for Nav2D or bandits."""
+        from jax_impl.meta_rl.native import NativeMAMLRL
+
+        return NativeMAMLRL(self, distribution, episodes_per_task)
+
+    def adapter(self, config: Any) -> Any:
+        """A test-time :class:`~jax_impl.adaptation.Adapter` over the policy."""
+        from jax_impl.adaptation import Adapter
+
+        return Adapter(self.policy, config)
+
+    def adapter_step(self, adapter: Any, batch: RLBatch | Batch) -> dict[str, Any]:
+        """One Adapter update on the policy-gradient loss of ``batch``."""
+        return adapter.update_step(adapter_loss, self.convert(batch))
 
 
 def adapter_loss(model: nnx.Module, batch: tuple[jax.Array, tuple]) -> jax.Array:

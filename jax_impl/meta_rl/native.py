@@ -1,7 +1,11 @@
 """The JAX-native MAML-RL path: environments in ``jax.numpy``, ``lax.scan`` over time, ``vmap`` over tasks.
 
 One call of :meth:`NativeMAMLRL.iteration` is one whole meta-iteration (pre-adaptation rollouts,
-advantages, inner adaptation, post-adaptation rollouts, meta-gradient, optax step), compiled once.
+advantages, inner adaptation, post-adaptation rollouts, meta-gradient) compiled once, then the
+guarded Adam step of ``MetaMAML``. The randomness comes in as numpy arrays
+(``shared.native_noise``); ``torch_impl/meta_rl/native.py`` is the PyTorch twin (parity-tested).
+The dynamics (:func:`nav2d_step`, :func:`bandit_step`) and the time loop (:func:`time_loop`, which
+takes and returns a carry so episodes can continue one another) are reusable on their own.
 The dynamics are the JAX twins of ``shared/env_runner/envs.py`` (tested equal), and the advantage
 maths the twin of ``shared/rl.py``. It covers the task families whose dynamics we write: Nav2D and
 Bernoulli bandits.
@@ -18,7 +22,8 @@ from flax import nnx
 
 from jax_impl.meta_rl.maml_rl import MAMLRL
 from shared.env_runner.envs import NAV2D_MAX_ACTION
-from shared.env_runner.tasks import BernoulliBandits, Nav2DGoals, Task, TaskDistribution
+from shared.env_runner.tasks import BernoulliBandits, Task, TaskDistribution
+from shared.native_noise import RolloutNoise, check_native, check_noise, task_parameters
 from shared.rl import BASELINE_REG, GAE_LAMBDA, GAMMA
 
 
@@ -33,6 +38,54 @@ def bandit_transition(means: jax.Array, action: jax.Array, uniform: jax.Array) -
     """JAX twin of ``shared.env_runner.envs.bandit_transition``."""
     chosen = jnp.take_along_axis(means, action[..., None], axis=-1)[..., 0]
     return (uniform < chosen).astype(jnp.float32)
+
+
+def sample_actions(dist_params: jax.Array, noise: jax.Array, discrete: bool) -> jax.Array:
+    """Twin of ``shared.env_runner.environment.sample_actions`` with the noise given: Gumbel-max over
+    ``logits - log(-log(uniform))`` (discrete), ``mean + exp(log_std) * normal`` (Gaussian)."""
+    if discrete:
+        return jnp.argmax(dist_params - jnp.log(-jnp.log(noise)), axis=-1)
+    mean, log_std = jnp.split(dist_params, 2, axis=-1)
+    return mean + jnp.exp(log_std) * noise
+
+
+def nav2d_step(env_state: jax.Array, action: jax.Array, goal: jax.Array,
+               uniform: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One Nav2D step: ``(next_obs, reward, env_state)``; the env state is the position ``(..., 2)``."""
+    position, reward = nav2d_transition(env_state, action, goal)
+    return position, reward.astype(position.dtype), position
+
+
+def bandit_step(env_state: jax.Array, action: jax.Array, means: jax.Array,
+                uniform: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One bandit pull: ``(next_obs, reward, env_state)``; the observation is ``[one_hot(action), reward]``."""
+    reward = bandit_transition(means, action, uniform).astype(env_state.dtype)
+    obs = jnp.concatenate([jax.nn.one_hot(action, means.shape[-1], dtype=env_state.dtype), reward[..., None]], -1)
+    return obs, reward, obs
+
+
+def time_loop(act: Any, env_step: Any, task: jax.Array, carry: tuple, action_noise: jax.Array,
+              reward_noise: jax.Array | None, discrete: bool) -> tuple[tuple, tuple]:
+    """``T`` steps of ``E`` parallel episodes of one task, as a ``lax.scan``.
+
+    ``act(obs (E, I), policy_state (E, S)) -> (dist_params, policy_state)``; ``env_step`` is
+    :func:`nav2d_step` or :func:`bandit_step`; ``carry = (obs, policy_state, env_state)`` at the
+    start (zeros for a fresh episode; pass the previous final carry to continue across episodes);
+    ``action_noise (E, T, ...)``, ``reward_noise (E, T)`` (bandits) or ``None``.
+    Returns ``(final carry, (obs, actions, rewards))`` with ``(E, T, ...)`` arrays.
+    """
+    swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
+    steps = (swap(action_noise), None if reward_noise is None else swap(reward_noise))
+
+    def body(carry: tuple, noise: tuple) -> tuple:
+        obs, state, env_state = carry
+        dist_params, state = act(obs, state)
+        action = sample_actions(dist_params, noise[0], discrete)
+        next_obs, reward, env_state = env_step(env_state, action, task[None], noise[1])
+        return (next_obs, state, env_state), (obs, action, reward)
+
+    carry, (obs, actions, rewards) = jax.lax.scan(body, carry, steps)
+    return carry, (swap(obs), swap(actions), swap(rewards))
 
 
 # ------------------------------------------------------------------------- advantages
@@ -87,70 +140,74 @@ def advantages(obs: jax.Array, rewards: jax.Array, mask: jax.Array) -> jax.Array
 
 # ------------------------------------------------------------------------- the native loop
 class NativeMAMLRL:
-    """Jit-compiled rollouts and meta-iterations for Nav2D and bandits, on top of :class:`MAMLRL`."""
+    """Jit-compiled rollouts and meta-iterations for Nav2D and bandits, on top of :class:`MAMLRL`.
+
+    One :meth:`iteration` is one compiled call computing the loss, the meta-gradient and the returns;
+    the step is then committed through ``MetaMAML.apply_meta_gradient`` (guarded: a non-finite loss,
+    gradient or resulting parameter leaves the policy unchanged). Its randomness is injected
+    (``shared.native_noise.RolloutNoise``), so the PyTorch twin given the same noise computes the same.
+    """
 
     def __init__(self, learner: MAMLRL, distribution: TaskDistribution, episodes_per_task: int) -> None:
-        if not isinstance(distribution, (Nav2DGoals, BernoulliBandits)):
-            raise ValueError(f"the JAX-native path covers nav2d and bandit, not {distribution.name!r}")
+        check_native(distribution)
         self.learner, self.distribution, self.episodes = learner, distribution, episodes_per_task
         self.maml = learner.maml
-        self._iteration = jax.jit(self._iteration_fn)
-        self._rollouts = jax.jit(jax.vmap(self.rollout, in_axes=(0, None, 0, 0)))
+        self.discrete = isinstance(distribution, BernoulliBandits)
+        self.env_step = bandit_step if self.discrete else nav2d_step
+        self._program = jax.jit(self.program)
+        self._rollouts = jax.jit(self.rollouts)
 
-    def task_array(self, tasks: list[Task]) -> jax.Array:
-        key = "goal" if isinstance(self.distribution, Nav2DGoals) else "means"
-        return jnp.asarray(np.array([t[key] for t in tasks]), self.maml._param_dtype())
-
-    def rollout(self, params: nnx.State, rest: nnx.State, task: jax.Array, key: jax.Array) -> tuple:
-        """``episodes`` episodes of one task: ``(obs, actions, rewards, mask)``, each ``(E, T, ...)``."""
-        dtype = self.maml._param_dtype()
+    def rollout(self, params: nnx.State, rest: nnx.State, task: jax.Array, action_noise: jax.Array,
+                reward_noise: jax.Array | None) -> tuple:
+        """``E`` fresh episodes of one task: ``(obs, actions, rewards, mask)``, each ``(E, T, ...)``."""
         policy = nnx.merge(self.maml.graphdef, jax.lax.stop_gradient(params), rest)
-        n, horizon = self.episodes, self.distribution.horizon
-        bandit = isinstance(self.distribution, BernoulliBandits)
-        state0 = jnp.zeros((n, policy.ssm.config.state_dim), dtype)
-        obs0 = jnp.zeros((n, self.distribution.obs_dim), dtype)
+        dtype = self.maml.dtype
+        n = action_noise.shape[0]
 
-        def body(carry: tuple, step_key: jax.Array) -> tuple:
-            obs, state, env_state = carry
+        def act(obs: jax.Array, state: jax.Array) -> tuple:
             out, state = policy(obs[:, None], state)
-            out = out[:, 0]
-            key_action, key_env = jax.random.split(step_key)
-            if bandit:
-                action = jax.random.categorical(key_action, out)
-                reward = bandit_transition(task[None], action, jax.random.uniform(key_env, (n,), dtype)).astype(dtype)
-                next_obs = jnp.concatenate([jax.nn.one_hot(action, task.shape[-1], dtype=dtype), reward[:, None]], -1)
-                env_state = next_obs
-            else:
-                mean, log_std = jnp.split(out, 2, axis=-1)
-                action = mean + jnp.exp(log_std) * jax.random.normal(key_action, mean.shape, dtype)
-                env_state, reward = nav2d_transition(env_state, action, task)
-                next_obs = env_state
-            return (next_obs, state, env_state), (obs, action, reward)
+            return out[:, 0], state
 
-        _, (obs, actions, rewards) = jax.lax.scan(body, (obs0, state0, obs0), jax.random.split(key, horizon))
-        swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
-        return swap(obs), swap(actions), swap(rewards), jnp.ones((n, horizon), dtype)
+        obs0 = jnp.zeros((n, self.distribution.obs_dim), dtype)
+        carry = (obs0, jnp.zeros((n, policy.ssm.config.state_dim), dtype), obs0)
+        _, (obs, actions, rewards) = time_loop(act, self.env_step, task, carry, action_noise, reward_noise,
+                                               self.discrete)
+        return obs, actions, rewards, jnp.ones(rewards.shape, dtype)
 
-    def _iteration_fn(self, params: nnx.State, opt_state: Any, rest: nnx.State, tasks: jax.Array,
-                      key: jax.Array) -> tuple:
-        n = tasks.shape[0]
-        key_pre, key_post = jax.random.split(key)
-        broadcast = jax.tree.map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), params)
-        obs, actions, rewards, mask = self._rollouts(broadcast, rest, tasks, jax.random.split(key_pre, n))
+    def rollouts(self, params: nnx.State, rest: nnx.State, tasks: jax.Array, action_noise: jax.Array,
+                 reward_noise: jax.Array | None, stacked: bool = False) -> tuple:
+        """Every task's episodes at once (``vmap``); ``params`` shared, or stacked per task if ``stacked``."""
+        in_axes = (0 if stacked else None, None, 0, 0, None if reward_noise is None else 0)
+        return jax.vmap(self.rollout, in_axes=in_axes)(params, rest, tasks, action_noise, reward_noise)
+
+    def program(self, params: nnx.State, rest: nnx.State, tasks: jax.Array, action_noise: jax.Array,
+                reward_noise: jax.Array | None) -> tuple:
+        """Pure: one meta-iteration's ``(loss, meta-gradient, pre-adaptation return, post-adaptation return)``."""
+        pre_noise = None if reward_noise is None else reward_noise[0]
+        post_noise = None if reward_noise is None else reward_noise[1]
+        obs, actions, rewards, mask = self.rollouts(params, rest, tasks, action_noise[0], pre_noise)
         support = (obs, (actions, jax.vmap(advantages)(obs, rewards, mask), mask))
         adapted = jax.vmap(self.maml.inner_loop, in_axes=(None, None, 0, 0))(params, rest, *support)
-        q_obs, q_actions, q_rewards, q_mask = self._rollouts(adapted, rest, tasks, jax.random.split(key_post, n))
+        q_obs, q_actions, q_rewards, q_mask = self.rollouts(adapted, rest, tasks, action_noise[1], post_noise,
+                                                            stacked=True)
         query = (q_obs, (q_actions, jax.vmap(advantages)(q_obs, q_rewards, q_mask), q_mask))
-        params, opt_state, loss, _ = self.maml.meta_step(params, opt_state, rest, (*support, *query))
-        return params, opt_state, loss, rewards.sum(-1).mean(), q_rewards.sum(-1).mean()
+        loss, grads = jax.value_and_grad(self.maml.meta_loss)(params, rest, (*support, *query))
+        return loss, grads, rewards.sum(-1).mean(), q_rewards.sum(-1).mean()
 
-    def iteration(self, tasks: list[Task], key: jax.Array) -> dict[str, float]:
-        """One whole meta-iteration, one compiled call; updates the policy and the optimizer state."""
-        maml = self.maml
-        params, opt_state, loss, pre, post = self._iteration(
-            nnx.state(self.learner.policy, nnx.Param), maml.opt_state, maml._rest(), self.task_array(tasks), key)
+    def arrays(self, tasks: list[Task] | np.ndarray, noise: RolloutNoise) -> tuple:
+        """Tasks and noise as arrays in the policy's dtype (checked against the configured sizes)."""
+        dtype = self.maml.dtype
+        tasks = np.asarray(tasks, np.float64) if isinstance(tasks, np.ndarray) else task_parameters(
+            self.distribution, tasks)
+        check_noise(noise, len(tasks), self.episodes, self.distribution)
+        reward = None if noise.rewards is None else jnp.asarray(noise.rewards, dtype)
+        return jnp.asarray(tasks, dtype), jnp.asarray(noise.actions, dtype), reward
+
+    def iteration(self, tasks: list[Task] | np.ndarray, noise: RolloutNoise) -> dict[str, float]:
+        """One whole meta-iteration (one compiled call), committed through MetaMAML's guarded step."""
+        params, rest = self.learner.state()
+        loss, grads, pre, post = self._program(params, rest, *self.arrays(tasks, noise))
         if not bool(jnp.isfinite(loss)):
-            raise ValueError("meta-iteration: the query loss is NaN/Inf; the policy was not changed")
-        nnx.update(self.learner.policy, params)
-        maml.opt_state = opt_state
+            raise ValueError("meta-iteration: the query loss is NaN/Inf; the model was not changed")
+        self.maml.apply_meta_gradient(grads)
         return {"pre_return": float(pre), "post_return": float(post), "loss": float(loss)}

@@ -1,0 +1,175 @@
+"""The configuration of ``ssm-metarl train``: the fields, their checks, config files, and the learner they build.
+
+:func:`learner_class` is the one place a backend name becomes code: it returns that backend's
+``MAMLRL`` (both implement ``shared.learner.MetaRLLearner``), and nothing after it branches on the
+backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.env_runner import get_distribution
+from shared.env_runner.tasks import TaskDistribution
+from shared.learner import ROLLOUTS, MetaRLLearner
+from ssm_metarl.config_file import check_keys, dumps_toml, read_toml
+
+# The task families whose dynamics are written in the frameworks (torch_impl/jax_impl meta_rl/native.py).
+NATIVE_TASKS = ("nav2d", "bandit")
+# Markov tasks want a short memory (the current observation matters); bandits need a long one.
+DECAY_RING = {"nav2d": (0.01, 0.5), "cartpole": (0.01, 0.5), "pendulum": (0.01, 0.5), "bandit": (0.9, 0.999)}
+LEARNERS = {"torch": "torch_impl.meta_rl.maml_rl", "jax": "jax_impl.meta_rl.maml_rl"}
+
+
+def default_rollouts(task: str) -> str:
+    """``native`` where the task family has native dynamics (measured faster in both backends), else ``runner``."""
+    return "native" if task in NATIVE_TASKS else "runner"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; stored in the checkpoint.
+
+    ``rollouts``: ``"runner"`` (gymnasium environments through the backend-neutral runner) or
+    ``"native"`` (the dynamics in the framework, the whole meta-iteration one compiled program; Nav2D
+    and bandits only). ``None`` picks the task's default (:func:`default_rollouts`).
+    """
+
+    backend: str = "torch"
+    task: str = "nav2d"
+    iterations: int = 150
+    meta_batch: int = 20
+    episodes: int = 20
+    state_dim: int = 16
+    hidden_dim: int = 32
+    inner_lr: float = 0.1
+    outer_lr: float = 3e-3
+    init_log_std: float = 0.0  # Gaussian policies: initial log standard deviation
+    r_min: float | None = None  # the SSM's decays start in [r_min, r_max] (its memory); None: the task's
+    r_max: float | None = None
+    seed: int = 0
+    eval_tasks: int = 40
+    eval_episodes: int = 20
+    rollouts: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in LEARNERS:
+            raise ValueError(f"backend must be one of {sorted(LEARNERS)}, got {self.backend!r}")
+        if not isinstance(self.task, str):
+            raise ValueError(f"task must be one of {sorted(DECAY_RING)}, got {self.task!r}")
+        get_distribution(self.task)
+        default_min, default_max = DECAY_RING.get(self.task, (0.9, 0.999))
+        object.__setattr__(self, "r_min", default_min if self.r_min is None else self.r_min)
+        object.__setattr__(self, "r_max", default_max if self.r_max is None else self.r_max)
+        for name in ("iterations", "seed", "meta_batch", "episodes", "state_dim", "hidden_dim", "eval_tasks",
+                     "eval_episodes"):
+            value = getattr(self, name)
+            low = 0 if name in ("iterations", "seed") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("inner_lr", "outer_lr", "init_log_std", "r_min", "r_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        for name in ("inner_lr", "outer_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0.0 < self.r_min <= self.r_max < 1.0:
+            raise ValueError(f"the decay ring needs 0 < r_min <= r_max < 1, got r_min={self.r_min}, r_max={self.r_max}")
+        rollouts = default_rollouts(self.task) if self.rollouts is None else self.rollouts
+        if rollouts not in ROLLOUTS:
+            raise ValueError(f"rollouts must be one of {list(ROLLOUTS)}, got {rollouts!r}")
+        if rollouts == "native" and self.task not in NATIVE_TASKS:
+            raise ValueError(f"rollouts='native' needs dynamics written in the framework, which exist for the task "
+                             f"families {list(NATIVE_TASKS)}, not {self.task!r}; use rollouts='runner' "
+                             f"(--rollouts runner) for {self.task!r}")
+        object.__setattr__(self, "rollouts", rollouts)
+
+
+FILE_KEYS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed"] + ["seeds"]
+# Fields that may change when a run resumes: the backend (the state is saved in a canonical layout).
+RESUMABLE_CHANGES = ("backend",)
+
+
+def check_seeds(seeds: list[int]) -> None:
+    """Seeds name independent runs: a non-empty list of distinct integers >= 0."""
+    if not isinstance(seeds, list) or not seeds:
+        raise ValueError(f"--seeds (seeds in a config file) must be a non-empty list of integers, got {seeds!r}")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"--seeds (seeds in a config file) must be integers >= 0, got {seed!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"--seeds (seeds in a config file) must be distinct; {repeated} given more than once "
+                         "(a repeated seed repeats the same run and would fake a standard error)")
+
+
+def resolve_configs(file_values: dict[str, Any], flag_values: dict[str, Any],
+                    source: str = "config file") -> list[TrainConfig]:
+    """One :class:`TrainConfig` per seed from a config file's values overridden by the flags given."""
+    check_keys(file_values, FILE_KEYS, source)
+    values = {**file_values, **flag_values}
+    seeds = values.pop("seeds", [0])
+    check_seeds(seeds)
+    return [TrainConfig(**values, seed=seed) for seed in seeds]
+
+
+def read_run_configs(path: Path) -> list[TrainConfig]:
+    return resolve_configs(read_toml(path), {}, str(path))
+
+
+def report_config(config: TrainConfig) -> dict[str, Any]:
+    """The config as reports and config files show it."""
+    return dataclasses.asdict(config)
+
+
+def write_config(path: Path, configs: list[TrainConfig], final: Path) -> None:
+    """The full resolved configuration, in the config-file format (``train --config`` repeats the run).
+
+    ``final`` is where the file will be once the run is complete (named in its header).
+    """
+    values = report_config(configs[0])
+    del values["seed"]
+    values["seeds"] = [c.seed for c in configs]
+    path.write_text(dumps_toml(values, final))
+
+
+def learner_class(backend: str) -> type[MetaRLLearner]:
+    """The ``MAMLRL`` class of ``backend``: the only place a backend name picks code."""
+    return importlib.import_module(LEARNERS[backend]).MAMLRL
+
+
+def initial_weights(config: TrainConfig, distribution: TaskDistribution) -> dict[str, np.ndarray]:
+    """Seeded initial policy weights, made in PyTorch so both backends start from the same point."""
+    import torch
+
+    from torch_impl.meta_rl.maml_rl import SSMPolicy
+
+    torch.manual_seed(config.seed)
+    policy = SSMPolicy(distribution.obs_dim, distribution.action_dim, distribution.discrete, config.state_dim,
+                       config.hidden_dim, "cpu", init_log_std=config.init_log_std, r_min=config.r_min,
+                       r_max=config.r_max)
+    return {name: t.detach().numpy().copy() for name, t in policy.state_dict().items()}
+
+
+def make_learner(config: TrainConfig, distribution: TaskDistribution, weights: dict[str, np.ndarray]) -> Any:
+    """The configured backend's learner, holding the canonical ``weights``."""
+    return learner_class(config.backend).build(
+        distribution.obs_dim, distribution.action_dim, distribution.discrete, config.state_dim, config.hidden_dim,
+        weights, inner_lr=config.inner_lr, outer_lr=config.outer_lr, r_min=config.r_min, r_max=config.r_max)
+
+
+def expected_layout(config: TrainConfig, distribution: TaskDistribution) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Canonical name -> (shape, dtype) of the policy a checkpoint with this config must hold."""
+    import torch
+
+    with torch.random.fork_rng():  # building the reference policy must not reseed the caller's generator
+        weights = initial_weights(config, distribution)
+    return {name: (value.shape, value.dtype.name) for name, value in weights.items()}
