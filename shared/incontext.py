@@ -4,12 +4,14 @@ A *trial* is ``episodes`` consecutive episodes of one task, ``episodes * horizon
 recurrent state starts at zero at the trial's start and is carried across episode boundaries. At step
 ``t`` the policy sees the augmented observation
 
-    x_t = [obs_t, action_features(a_{t-1}), r_{t-1}, boundary_t]      (width augmented_obs_dim)
+    x_t = [obs_t, action_features(a_{t-1}), r_{t-1}, r_{t-1} - r_{t-2}, boundary_t]   (augmented_obs_dim)
 
 where ``action_features`` is the one-hot action followed by the reward-weighted one-hot (discrete
 actions: ``2 * k`` features, so a linear memory can count each arm's pulls *and* successes) or the
-raw action (continuous), ``a_{-1} = 0`` and ``r_{-1} = 0`` at the trial's start (they carry across
-episode boundaries), and ``boundary_t = 1`` on the first step of every episode.
+raw action (continuous), ``a_{-1} = 0`` and ``r_{-1} = r_{-2} = 0`` at the trial's start (they carry
+across episode boundaries), and ``boundary_t = 1`` on the first step of every episode. The reward's
+change lets the encoder form products such as ``a_{t-1} (r_{t-1} - r_{t-2})`` (which way the reward
+rises, in Nav2D) for the linear memory to accumulate.
 
 This module is numpy only; both backends build the same layout in their own array library.
 """
@@ -35,8 +37,8 @@ def action_feature_dim(action_dim: int, discrete: bool) -> int:
 
 
 def augmented_obs_dim(obs_dim: int, action_dim: int, discrete: bool) -> int:
-    """Width of the augmented observation: obs, action features, previous reward, boundary flag."""
-    return obs_dim + action_feature_dim(action_dim, discrete) + 2
+    """Width of the augmented observation: obs, action features, previous reward, its change, boundary flag."""
+    return obs_dim + action_feature_dim(action_dim, discrete) + 3
 
 
 def action_features(actions: np.ndarray, rewards: np.ndarray, action_dim: int, discrete: bool) -> np.ndarray:
@@ -62,9 +64,10 @@ def augment(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, horizon: 
     features = action_features(actions, rewards, action_dim, discrete)
     previous = np.concatenate([np.zeros_like(features[:, :1]), features[:, :-1]], axis=1)
     prev_reward = np.concatenate([np.zeros((n, 1)), np.asarray(rewards, np.float64)[:, :-1]], axis=1)
+    change = prev_reward - np.concatenate([np.zeros((n, 1)), prev_reward[:, :-1]], axis=1)
     boundary = (np.arange(length) % horizon == 0).astype(np.float64)
     flag = np.broadcast_to(boundary[None, :, None], (n, length, 1))
-    return np.concatenate([obs, previous, prev_reward[..., None], flag], axis=-1)
+    return np.concatenate([obs, previous, prev_reward[..., None], change[..., None], flag], axis=-1)
 
 
 def time_features(length: int) -> np.ndarray:

@@ -95,6 +95,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-tasks", type=positive_int, **field, help=f"held-out tasks (default: {d.eval_tasks})")
     train.add_argument("--eval-episodes", type=positive_int, **field,
                        help=f"episodes per held-out task (default: {d.eval_episodes})")
+    train.add_argument("--objective", type=str, **field,
+                       help=f"maml (post-adaptation return), incontext (the whole trial's return, no inner step) or "
+                            f"both (an inner step on top of the in-context policy) (default: {d.objective})")
+    train.add_argument("--trial-episodes", type=int, **field,
+                       help=f"in-context objectives: episodes per trial; the SSM state carries across them "
+                            f"(default: {d.trial_episodes})")
+    train.add_argument("--trial-discount", type=float, **field,
+                       help=f"in-context objectives: discount over the whole trial (default: {d.trial_discount})")
+    train.add_argument("--trial-baseline", type=str, **field,
+                       help=f"in-context objectives: state, time or linear (default: {d.trial_baseline})")
     train.add_argument("--rollouts", choices=["runner", "native"], **field,
                        help="runner: gymnasium environments through the backend-neutral runner; native: the "
                             "dynamics written in the framework, one compiled program per meta-iteration "
@@ -160,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CONFIG_FLAGS = ("backend", "task", "iterations", "meta_batch", "episodes", "state_dim", "hidden_dim", "inner_lr",
-                "outer_lr", "init_log_std", "r_min", "r_max", "seeds", "eval_tasks", "eval_episodes", "rollouts")
+                "outer_lr", "init_log_std", "r_min", "r_max", "seeds", "eval_tasks", "eval_episodes", "rollouts",
+                "objective", "trial_episodes", "trial_discount", "trial_baseline")
 
 
 def run_train(args: argparse.Namespace) -> int:

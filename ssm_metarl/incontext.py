@@ -86,7 +86,8 @@ def save_checkpoint(path: str | Path, backend: str, policy: Any, spec: PolicySpe
                     inner_lr: float, extra: dict[str, Any] | None = None) -> None:
     meta = {"kind": CHECKPOINT_KIND, "policy": dataclasses.asdict(spec), "trial": config.to_dict(),
             "inner_lr": inner_lr, "backend": backend, **(extra or {})}
-    save_weights(path, canonical_params(backend, policy), meta)
+    weights = policy.canonical_weights() if hasattr(policy, "canonical_weights") else canonical_params(backend, policy)
+    save_weights(path, weights, meta)
 
 
 def load_checkpoint(path: str | Path, backend: str) -> tuple[Any, PolicySpec, TrialConfig, dict[str, Any]]:
@@ -147,3 +148,98 @@ def train(backend: str, spec: PolicySpec, config: TrialConfig, iterations: int, 
         if log is not None and ((it + 1) % log_every == 0 or it + 1 == iterations):
             log(m)
     return policy, trainer, metrics
+
+
+# ----------------------------------------------------------------------------- ssm-metarl train integration
+def trial_config(config: Any) -> TrialConfig:
+    """The :class:`TrialConfig` of a ``TrainConfig`` whose objective is ``incontext`` or ``both``."""
+    return TrialConfig(config.objective, config.trial_episodes, config.trial_discount, config.trial_baseline,
+                       config.episodes)
+
+
+def policy_spec(config: Any) -> PolicySpec:
+    return PolicySpec(config.task, config.state_dim, config.hidden_dim, config.init_log_std)
+
+
+def initial_weights(config: Any) -> dict[str, np.ndarray]:
+    """Seeded initial in-context policy weights, made in PyTorch so both backends start from the same point."""
+    import torch
+
+    with torch.random.fork_rng():
+        policy = build_policy("torch", policy_spec(config), config.seed)
+    return canonical_params("torch", policy)
+
+
+def make_learner(config: Any, weights: dict[str, np.ndarray]) -> Any:
+    """The configured backend's :class:`InContextRL`, holding ``weights``."""
+    spec = policy_spec(config)
+    policy = build_policy(config.backend, spec, config.seed)
+    load_params(config.backend, policy, weights)
+    return make_trainer(config.backend, policy, spec, trial_config(config), config.outer_lr, config.inner_lr)
+
+
+def iteration_fn(config: Any, learner: Any, meta_env: Any) -> Callable[[], dict[str, float]]:
+    """One in-context meta-iteration per call; its random key is drawn from the run's numpy generator
+    (so a resumed run continues the same stream)."""
+    def step() -> dict[str, float]:
+        tasks = meta_env.distribution.sample(config.meta_batch, meta_env.rng)
+        key = backend_key(config.backend, int(meta_env.rng.integers(2**31 - 1)))
+        return learner.iteration(tasks, key)
+
+    return step
+
+
+def summarize(values: np.ndarray) -> dict[str, float]:
+    values = np.asarray(values, np.float64)
+    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()), "se": float(se), "n": len(values)}
+
+
+def evaluation(learner: Any, config: Any, distribution: TaskDistribution, trials: int = 4,
+               inner_steps: int = 3) -> dict[str, Any]:
+    """Held-out returns: each episode of a trial (no gradient step), and the first episode of a fresh trial
+    after 0..``inner_steps`` inner steps on one trial (mean and s.e. over tasks)."""
+    tasks = distribution.held_out(config.eval_tasks)
+    horizon = distribution.horizon
+    out = learner.evaluate(tasks, backend_key(config.backend, config.seed + 10_000), trials=trials)
+    episodes = out["rewards"].reshape(len(tasks), trials, -1, horizon).sum(-1).mean(1)
+    report: dict[str, Any] = {f"episode_{e + 1}": summarize(episodes[:, e]) for e in range(episodes.shape[1])}
+    for k in range(inner_steps + 1):
+        out = learner.evaluate(tasks, backend_key(config.backend, config.seed + 20_000 + k), trials=trials,
+                               episodes=1, adapt_steps=k)
+        report[f"after_{k}_steps"] = summarize(out["adapted_rewards"].reshape(len(tasks), trials, -1).sum(-1).mean(1))
+    if distribution.name == "bandit":
+        from shared.baselines import pseudo_regret
+
+        out = learner.evaluate(tasks, backend_key(config.backend, config.seed + 30_000), trials=trials, episodes=1)
+        means = np.array([t["means"] for t in tasks])
+        report["regret"] = summarize(pseudo_regret(means, out["actions"].reshape(len(tasks), trials, -1)).mean(1))
+    return report
+
+
+def finish(session: Any, compile_seconds: float, final: Path) -> dict[str, Any]:
+    """``TrainingSession.finish`` for the in-context objectives: metrics, checkpoint, held-out evaluation."""
+    from ssm_metarl import plots
+    from ssm_metarl.runinfo import run_info
+    from ssm_metarl.train_config import report_config
+    from ssm_metarl.train_reports import compile_line, write_json, write_metrics
+
+    config, directory, metrics = session.config, session.directory, session.metrics
+    train_seconds = float(sum(m["seconds"] for m in metrics))
+    print(compile_line(config, compile_seconds, train_seconds))
+    info = run_info(config.backend)
+    write_metrics(directory, metrics, config, info, compile_seconds)
+    save_checkpoint(directory / "checkpoint.safetensors", config.backend, session.learner, policy_spec(config),
+                    trial_config(config), config.inner_lr, extra={"train": report_config(config)})
+    report = {"run": info, "config": report_config(config), **evaluation(session.learner, config,
+                                                                         session.distribution),
+              "train_seconds": train_seconds, "compile_seconds": compile_seconds}
+    plots.learning_curve(metrics, report_config(config), directory / "learning_curve.png")
+    write_json(directory / "evaluation.json", report)  # last: its presence marks the run complete
+    session.resume_path.unlink(missing_ok=True)
+    print(f"\nheld-out {config.task}: in-context returns over {config.eval_tasks} tasks (± s.e.)")
+    for key, value in report.items():
+        if isinstance(value, dict) and "mean" in value:
+            print(f"  {key:<24} {value['mean']:>9.2f} ± {value['se']:.2f}")
+    print(f"results: {final}")
+    return report

@@ -25,11 +25,14 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax_impl.core.params import from_canonical, to_canonical
 from jax_impl.core.ssm import SSM, torch_default_linear
 from jax_impl.meta_rl.maml_rl import log_prob
 from jax_impl.meta_rl.native import bandit_transition, linear_baseline, nav2d_transition
 from shared.env_runner.tasks import BernoulliBandits, Nav2DGoals, Task, TaskDistribution
 from shared.incontext import STATE_BASELINE_REG, TrialConfig, augmented_obs_dim
+from shared.layout import torch_to_flax
+from shared.learner import ADAM_MOMENTS, ADAM_STEP, check_optimizer_state
 
 Params = nnx.State
 
@@ -187,14 +190,15 @@ def trial_rollout(policy: nnx.Module, distribution: TaskDistribution, task: jax.
     length = episodes * horizon
     state0 = jnp.zeros((trials, policy.ssm.config.state_dim), dtype)
     obs0 = jnp.zeros((trials, distribution.obs_dim), dtype)
-    feat_dim = policy.augmented_dim - distribution.obs_dim - 2
+    feat_dim = policy.augmented_dim - distribution.obs_dim - 3
 
     def body(carry: tuple, xs: tuple) -> tuple:
-        obs, position, prev_feat, prev_reward, state = carry
+        obs, position, prev_feat, prev_reward, older_reward, state = carry
         t, step_key = xs
         boundary = (t % horizon == 0).astype(dtype)
         obs, position = obs * (1 - boundary), position * (1 - boundary)
-        x = jnp.concatenate([obs, prev_feat, prev_reward[:, None], jnp.broadcast_to(boundary, (trials, 1))], -1)
+        x = jnp.concatenate([obs, prev_feat, prev_reward[:, None], (prev_reward - older_reward)[:, None],
+                             jnp.broadcast_to(boundary, (trials, 1))], -1)
         dist, state = policy.step(x, state)
         key_action, key_env = jax.random.split(step_key)
         if bandit:
@@ -208,9 +212,10 @@ def trial_rollout(policy: nnx.Module, distribution: TaskDistribution, task: jax.
             action = mean + jnp.exp(log_std) * jax.random.normal(key_action, mean.shape, dtype)
             position, reward = nav2d_transition(position, action, task)
             next_obs, feat = position, action
-        return (next_obs, position, feat, reward, state), (x, action, reward)
+        return (next_obs, position, feat, reward, prev_reward, state), (x, action, reward)
 
-    carry0 = (obs0, obs0, jnp.zeros((trials, feat_dim), dtype), jnp.zeros((trials,), dtype), state0)
+    zeros = jnp.zeros((trials,), dtype)
+    carry0 = (obs0, obs0, jnp.zeros((trials, feat_dim), dtype), zeros, zeros, state0)
     _, (x, actions, rewards) = jax.lax.scan(body, carry0, (jnp.arange(length), jax.random.split(key, length)))
     swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
     return swap(x), swap(actions), swap(rewards)
@@ -302,6 +307,46 @@ class InContextRL:
             raise ValueError("in-context meta-iteration: the loss is NaN/Inf; the policy was not changed")
         nnx.update(self.policy, params)
         return {"loss": float(loss), "pre_return": float(pre), "post_return": float(post)}
+
+    # ----------------------------------------------------------------- canonical state (resume, checkpoints)
+    backend = "jax"
+
+    @property
+    def dtype_name(self) -> str:
+        return jnp.dtype(self.dtype).name
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        return to_canonical(nnx.state(self.policy, nnx.Param))
+
+    def load_canonical_weights(self, weights: dict[str, np.ndarray]) -> None:
+        from_canonical(self.policy, weights)
+
+    def _adam(self) -> optax.ScaleByAdamState:
+        is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+        return next(x for x in jax.tree.leaves(self.opt_state, is_leaf=is_adam) if is_adam(x))
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Adam's state in the canonical layout of ``shared.learner`` (moments in PyTorch's layout)."""
+        adam = self._adam()
+        out = {ADAM_STEP: np.asarray(int(adam.count), np.int64)}
+        for key, tree in zip(ADAM_MOMENTS, (adam.mu, adam.nu), strict=True):
+            out.update({f"{key}.{name}": value for name, value in to_canonical(tree).items()})
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Set Adam's state from the canonical layout; ``ValueError`` naming what is missing."""
+        names = list(self.canonical_weights())
+        check_optimizer_state(state, names, "load_optimizer_state")
+        adam = self._adam()
+        moments = []
+        for key, tree in zip(ADAM_MOMENTS, (adam.mu, adam.nu), strict=True):
+            moment = jax.tree.map(jnp.copy, tree)
+            values = {name: np.asarray(state[f"{key}.{name}"], jnp.dtype(self.dtype)) for name in names}
+            nnx.replace_by_pure_dict(moment, jax.tree.map(jnp.asarray, torch_to_flax(values)))
+            moments.append(moment)
+        new = adam._replace(count=jnp.asarray(int(state[ADAM_STEP]), adam.count.dtype), mu=moments[0], nu=moments[1])
+        is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+        self.opt_state = jax.tree.map(lambda x: new if is_adam(x) else x, self.opt_state, is_leaf=is_adam)
 
     # ----------------------------------------------------------------- evaluation
     def _evaluate_fn(self, params: Params, tasks: jax.Array, key: jax.Array, trials: int, episodes: int,

@@ -26,6 +26,7 @@ from torch.func import functional_call, grad, vmap
 from shared.env_runner.envs import NAV2D_MAX_ACTION
 from shared.env_runner.tasks import BernoulliBandits, Nav2DGoals, Task, TaskDistribution
 from shared.incontext import STATE_BASELINE_REG, TrialConfig, augmented_obs_dim
+from shared.learner import ADAM_MOMENTS, ADAM_STEP, check_optimizer_state
 from shared.rl import BASELINE_REG
 from torch_impl.core.ssm import SSM
 from torch_impl.meta_rl.maml_rl import log_prob
@@ -202,14 +203,15 @@ def trial_rollout(policy: nn.Module, params: Params, distribution: TaskDistribut
     state = torch.zeros(k, trials, policy.ssm.config.state_dim, dtype=dtype)
     obs = torch.zeros(k, trials, distribution.obs_dim, dtype=dtype)
     position = torch.zeros(k, trials, distribution.obs_dim, dtype=dtype)
-    prev_feat = torch.zeros(k, trials, policy.augmented_dim - distribution.obs_dim - 2, dtype=dtype)
-    prev_reward = torch.zeros(k, trials, dtype=dtype)
+    prev_feat = torch.zeros(k, trials, policy.augmented_dim - distribution.obs_dim - 3, dtype=dtype)
+    prev_reward = older_reward = torch.zeros(k, trials, dtype=dtype)
     xs, acts, rews = [], [], []
     for t in range(episodes * horizon):
         boundary = float(t % horizon == 0)
         if boundary:
             obs, position = torch.zeros_like(obs), torch.zeros_like(position)
-        x = torch.cat([obs, prev_feat, prev_reward[..., None], torch.full((k, trials, 1), boundary, dtype=dtype)], -1)
+        x = torch.cat([obs, prev_feat, prev_reward[..., None], (prev_reward - older_reward)[..., None],
+                       torch.full((k, trials, 1), boundary, dtype=dtype)], -1)
         dist, state = vmap(lambda p, xi, si: functional_call(policy, p, (xi, si)))(params, x, state)
         if bandit:
             action = torch.multinomial(torch.softmax(dist.reshape(k * trials, -1), -1), 1, generator=generator)
@@ -225,7 +227,7 @@ def trial_rollout(policy: nn.Module, params: Params, distribution: TaskDistribut
             position = position + action.clamp(-NAV2D_MAX_ACTION, NAV2D_MAX_ACTION)
             reward = -torch.linalg.vector_norm(position - tasks[:, None], dim=-1)
             obs, prev_feat = position, action
-        prev_reward = reward
+        prev_reward, older_reward = reward, prev_reward
         xs.append(x)
         acts.append(action)
         rews.append(reward)
@@ -306,6 +308,46 @@ class InContextRL:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": float(loss), "pre_return": float(rewards.sum(-1).mean()), "post_return": post_return}
+
+    # ----------------------------------------------------------------- canonical state (resume, checkpoints)
+    backend = "torch"
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        return {name: t.detach().cpu().numpy().copy() for name, t in self.policy.state_dict().items()}
+
+    def load_canonical_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self.policy.load_state_dict({name: torch.as_tensor(np.asarray(v)) for name, v in weights.items()})
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Adam's state in the canonical layout of ``shared.learner`` (zeros before the first step)."""
+        out = {ADAM_STEP: np.asarray(0, np.int64)}
+        for name, p in self.policy.named_parameters():
+            state = self.optimizer.state.get(p, {})
+            if "step" in state:
+                out[ADAM_STEP] = np.asarray(int(state["step"]), np.int64)
+            for key in ADAM_MOMENTS:
+                moment = state.get(key.removeprefix("adam."))
+                out[f"{key}.{name}"] = (np.zeros(tuple(p.shape), self.dtype_name) if moment is None
+                                        else moment.detach().cpu().numpy().copy())
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Set Adam's state from the canonical layout; ``ValueError`` naming what is missing."""
+        params = dict(self.policy.named_parameters())
+        check_optimizer_state(state, list(params), "load_optimizer_state")
+        step = int(state[ADAM_STEP])
+        self.optimizer.state.clear()
+        if step == 0:
+            return
+        for name, p in params.items():
+            entry = {"step": torch.tensor(float(step))}
+            for key in ADAM_MOMENTS:
+                entry[key.removeprefix("adam.")] = torch.as_tensor(np.asarray(state[f"{key}.{name}"]), dtype=p.dtype)
+            self.optimizer.state[p] = entry
 
     def evaluate(self, tasks: list[Task], generator: torch.Generator, trials: int = 1, episodes: int | None = None,
                  adapt_steps: int = 0) -> dict[str, np.ndarray]:
