@@ -459,7 +459,11 @@ CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "adapter_trajectories": adapter_trajectories,
     "adapter_tent_batchnorm": adapter_tent_batchnorm,
     "rl_losses": rl_losses,
+    "incontext_losses": lambda setup: incontext_losses(setup),  # parity_tests/incontext.py
 }
+
+
+from parity_tests.incontext import incontext_losses  # noqa: E402 (it imports row and TOLERANCES from here)
 
 
 def run_matrix(dtype: str, sizes: Sizes = Sizes(), cases: dict[str, Callable[[Setup], list[Row]]] = CASES) -> list[Row]:
