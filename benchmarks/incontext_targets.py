@@ -110,8 +110,8 @@ def report(family: str, out: Path) -> dict:
         result["baselines"]["UCB1"]["c"] = TEXTBOOK_UCB1_C
         tune = dist.sample(HELD_OUT[family], np.random.default_rng(1))  # tuned on training bandits, not held-out
         tune_means = np.array([t["means"] for t in tune])
-        grid = {c: float(pseudo_regret(tune_means, bandit_ucb1(tune_means, dist.pulls, EVAL_TRIALS, seed=1, c=c)).mean())
-                for c in UCB1_GRID}
+        grid = {c: float(pseudo_regret(tune_means, bandit_ucb1(tune_means, dist.pulls, EVAL_TRIALS, seed=1,
+                                                               c=c)).mean()) for c in UCB1_GRID}
         best = min(grid, key=grid.get)
         regret = pseudo_regret(means, bandit_ucb1(means, dist.pulls, EVAL_TRIALS, seed=EVAL_SEED, c=best))
         result["baselines"]["UCB1 (tuned c)"] = {**dict(zip(("regret", "se"), mean_se(regret), strict=True)), "c": best}
@@ -171,7 +171,8 @@ def markdown(result: dict) -> str:
                 lines.append(f"| ours, {name} | {e + 1} | {r['return']:.2f} +- {r['se']:.2f} |")
         for name, r in result["baselines"].items():
             lines.append(f"| {name} | any | {r['return']:.2f} +- {r['se']:.2f} |")
-        lines.append(f"| MAML, one gradient step after one rollout batch | 2 | {result['maml_one_step_post_adaptation']} |")
+        maml = result["maml_one_step_post_adaptation"]
+        lines.append(f"| MAML, one gradient step after one batch of 20 episodes | after adaptation | {maml} |")
     return "\n".join(lines) + "\n"
 
 

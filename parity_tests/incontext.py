@@ -50,7 +50,7 @@ def small_families() -> dict[str, TaskDistribution]:
     return {"nav2d": Nav2DGoals(horizon=HORIZON), "bandit": BernoulliBandits(arms=3, pulls=HORIZON)}
 
 
-def incontext_losses(setup) -> list:  # noqa: ANN001 (a parity_tests.matrix.Setup)
+def incontext_losses(setup) -> list:
     """Advantages (every baseline), in-context loss and gradient, combined loss and second-order gradient."""
     from parity_tests.matrix import TOLERANCES, row
 
@@ -62,7 +62,7 @@ def incontext_losses(setup) -> list:  # noqa: ANN001 (a parity_tests.matrix.Setu
                                            setup.sizes.seed)
         x, actions, rewards = recorded_trials(t_policy, dist, setup.sizes.seed)
         k, m, length = rewards.shape
-        flat = lambda a: a.reshape(k * m, *a.shape[2:])  # noqa: E731
+        flat = lambda a, n=k * m: a.reshape(n, *a.shape[2:])  # noqa: E731
         t_x, t_actions, t_rewards = (torch.from_numpy(a) for a in (x, actions, rewards))
         j_x, j_actions, j_rewards = (jnp.asarray(a) for a in (x, actions, rewards))
         with torch.no_grad():

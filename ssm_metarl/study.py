@@ -131,7 +131,8 @@ def maml_points(path: Path, config: StudyConfig, say: Any) -> tuple[str, list[Po
     from shared.adaptation import AdaptationConfig
     from shared.env_runner import MetaEnvironment
     from ssm_metarl.rl_loop import evaluate
-    from ssm_metarl.train import adapter_returns, load_checkpoint as load_train
+    from ssm_metarl.train import adapter_returns
+    from ssm_metarl.train import load_checkpoint as load_train
 
     learner, train_config, dist = load_train(path, config.backend)
     tasks = dist.held_out(config.tasks)

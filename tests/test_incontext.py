@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
 from jax_impl.meta_rl import incontext as jax_ic
 from shared import baselines
@@ -160,7 +159,7 @@ def test_study_measures_each_supported_axis_and_skips_the_others_with_a_reason(i
     config = study.StudyConfig("jax", tasks=2, trials=1, max_inner_steps=1, max_episodes=2, adapter_steps=1)
     report = study.run([out / "checkpoint.safetensors", bogus], tmp_path / "study", config)
     said = capsys.readouterr().out
-    assert "adapter axis skipped" in said and "skipped" in report["skipped"][0]
+    assert "adapter axis skipped" in said and "neither an in-context" in report["skipped"][0]
     mechanisms = {r["mechanism"] for r in report["rows"]}
     assert {"episodes of context (in-context)", "inner gradient steps (on the in-context policy)",
             "baseline: Thompson sampling", "baseline: random"} <= mechanisms

@@ -368,7 +368,8 @@ class InContextRL:
         and ``adapted_rewards`` after ``adapt_steps`` inner steps on them (the same when 0)."""
         episodes = self.config.episodes if episodes is None else episodes
         tasks_array = task_array(self.distribution, tasks, self.dtype)
-        pre, actions, post = self._evaluate(nnx.state(self.policy, nnx.Param), tasks_array, key, trials=trials, episodes=episodes, adapt_steps=adapt_steps)
+        pre, actions, post = self._evaluate(nnx.state(self.policy, nnx.Param), tasks_array, key, trials=trials,
+                                            episodes=episodes, adapt_steps=adapt_steps)
         return {"rewards": np.asarray(pre), "actions": np.asarray(actions), "adapted_rewards": np.asarray(post)}
 
 
