@@ -92,16 +92,24 @@ def _synchronised(value: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in value.items()}
 
 
+_TRAINERS: dict[tuple, Any] = {}  # one compiled evaluator per (backend, sizes, trial, inner lr): seeds share it
+
+
 def incontext_points(path: Path, config: StudyConfig, say: Any) -> tuple[str, list[Point]]:
     """Context and inner-step curves of one in-context checkpoint."""
     policy, spec, trial, meta = load_checkpoint(path, config.backend)
-    trainer = make_trainer(config.backend, policy, spec, trial, 1e-3, float(meta.get("inner_lr", 0.1)))
+    inner_lr = float(meta.get("inner_lr", 0.1))
+    cache_key = (config.backend, spec, trial, inner_lr)
+    if cache_key not in _TRAINERS:
+        _TRAINERS[cache_key] = make_trainer(config.backend, policy, spec, trial, 1e-3, inner_lr)
+    trainer = _TRAINERS[cache_key]
+    trainer.load_canonical_weights(load_weights(path)[0])
     dist = spec.distribution()
     tasks = dist.held_out(config.tasks)
     horizon, n = dist.horizon, config.trials
     points = []
     episodes = config.max_episodes
-    trainer.evaluate(tasks[:1], backend_key(config.backend, 0), trials=n, episodes=episodes)  # warm-up (compile)
+    trainer.evaluate(tasks, backend_key(config.backend, 0), trials=n, episodes=episodes)  # warm-up (compile)
     start = time.perf_counter()
     out = _synchronised(trainer.evaluate(tasks, backend_key(config.backend, config.seed), trials=n, episodes=episodes))
     per_episode_seconds = (time.perf_counter() - start) / len(tasks) / episodes
@@ -113,7 +121,7 @@ def incontext_points(path: Path, config: StudyConfig, say: Any) -> tuple[str, li
         say(f"  note: {path.name} was trained on trials of {trial.episodes} episodes; episodes beyond that "
             f"test how its memory extrapolates")
     for k in range(config.max_inner_steps + 1):
-        trainer.evaluate(tasks[:1], backend_key(config.backend, 0), trials=n, episodes=1, adapt_steps=k)
+        trainer.evaluate(tasks, backend_key(config.backend, 0), trials=n, episodes=1, adapt_steps=k)  # warm-up
         start = time.perf_counter()
         out = _synchronised(trainer.evaluate(tasks, backend_key(config.backend, config.seed + 1 + k), trials=n,
                                              episodes=1, adapt_steps=k))

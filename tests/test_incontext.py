@@ -130,9 +130,9 @@ def test_train_refuses_bad_objectives_and_trial_lengths_naming_the_flag(flags: l
 
 @pytest.fixture(scope="module")
 def incontext_run(tmp_path_factory) -> tuple:
-    """One tiny in-context training run through the CLI (bandits, JAX), shared by the tests below."""
+    """One tiny in-context training run through the CLI (bandits, PyTorch: no compile), shared below."""
     out = tmp_path_factory.mktemp("incontext") / "run"
-    code = cli.main(["train", "--backend", "jax", "--task", "bandit", "--objective", "incontext", "--trial-episodes",
+    code = cli.main(["train", "--backend", "torch", "--task", "bandit", "--objective", "incontext", "--trial-episodes",
                      "2", "--iterations", "2", "--meta-batch", "2", "--episodes", "2", "--state-dim", "4",
                      "--hidden-dim", "8", "--eval-tasks", "2", "--output", str(out)])
     return code, out
@@ -146,8 +146,8 @@ def test_train_with_the_incontext_objective_writes_a_checkpoint_and_an_evaluatio
         assert report[key]["n"] == 2, key
     assert report["config"]["objective"] == "incontext" and report["config"]["trial_episodes"] == 2
     assert 'objective = "incontext"' in (out / "config.toml").read_text()
-    policy, spec, trial, _ = incontext.load_checkpoint(out / "checkpoint.safetensors", "torch")
-    assert spec.family == "bandit" and trial.episodes == 2 and isinstance(policy, torch_ic.InContextPolicy)
+    policy, spec, trial, _ = incontext.load_checkpoint(out / "checkpoint.safetensors", "jax")
+    assert spec.family == "bandit" and trial.episodes == 2 and isinstance(policy, jax_ic.InContextPolicy)
 
 
 def test_study_measures_each_supported_axis_and_skips_the_others_with_a_reason(incontext_run, tmp_path,
@@ -156,7 +156,7 @@ def test_study_measures_each_supported_axis_and_skips_the_others_with_a_reason(i
     bogus = tmp_path / "not_a_checkpoint.safetensors"
     from shared.weights import save_weights
     save_weights(bogus, {"w": np.zeros(2, np.float32)}, {"kind": "something else"})
-    config = study.StudyConfig("jax", tasks=2, trials=1, max_inner_steps=1, max_episodes=2, adapter_steps=1)
+    config = study.StudyConfig("torch", tasks=2, trials=1, max_inner_steps=1, max_episodes=2, adapter_steps=1)
     report = study.run([out / "checkpoint.safetensors", bogus], tmp_path / "study", config)
     said = capsys.readouterr().out
     assert "adapter axis skipped" in said and "neither an in-context" in report["skipped"][0]

@@ -307,7 +307,7 @@ class InContextRL:
             nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": float(loss), "pre_return": float(rewards.sum(-1).mean()), "post_return": post_return}
+        return {"loss": float(loss.detach()), "pre_return": float(rewards.sum(-1).mean()), "post_return": post_return}
 
     # ----------------------------------------------------------------- canonical state (resume, checkpoints)
     backend = "torch"
