@@ -158,7 +158,7 @@ def maml_points(path: Path, config: StudyConfig, say: Any) -> tuple[str, list[Po
         adapter_config = AdaptationConfig(optimizer="sgd", lr=train_config.inner_lr)
         for steps in range(1, config.adapter_steps + 1):
             start = time.perf_counter()
-            values = adapter_returns(learner, config.backend, meta_env, tasks, episodes, adapter_config, steps=steps)
+            values = adapter_returns(learner, meta_env, tasks, episodes, adapter_config, steps=steps)
             seconds = (time.perf_counter() - start) / len(tasks)
             points.append(Point(dist.name, "Adapter steps", steps, steps * episodes * horizon, seconds,
                                 np.array(values)))
@@ -222,8 +222,48 @@ def run(checkpoints: list[Path], output: Path, config: StudyConfig, say: Any = p
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, output / "study.png")
-    say(f"study written to {output}/study.json, study.csv, study.png")
+    (output / "study.md").write_text(markdown(rows))
+    say(markdown(rows))
+    say(f"study written to {output}/study.json, study.csv, study.md, study.png")
     return report
+
+
+def mechanism_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per family and mechanism: the return with no test-time compute, the best return along the axis, the
+    compute it took, and the return gained per 1000 environment steps and per second of wall time."""
+    out = []
+    for family in sorted({r["family"] for r in rows}):
+        for mechanism in sorted({r["mechanism"] for r in rows if r["family"] == family}):
+            if mechanism.startswith("baseline"):
+                continue
+            curve = sorted((r for r in rows if r["family"] == family and r["mechanism"] == mechanism),
+                           key=lambda r: r["compute"])
+            start, best = curve[0], max(curve, key=lambda r: r["return_mean"])
+            gain = best["return_mean"] - start["return_mean"]
+            steps, seconds = best["env_steps"] - start["env_steps"], best["wall_seconds_per_adaptation"]
+            out.append({"family": family, "mechanism": mechanism, "return_at_zero": start["return_mean"],
+                        "best_return": best["return_mean"], "best_se": best["return_se"],
+                        "compute_at_best": best["compute"], "env_steps_at_best": best["env_steps"],
+                        "wall_seconds_at_best": seconds,
+                        "gain_per_1000_env_steps": 1000 * gain / steps if steps else 0.0,
+                        "gain_per_second": gain / seconds if seconds else 0.0})
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| family | mechanism | return, no compute | best return (± s.e.) | at | env steps | wall s / "
+             "adaptation | gain per 1000 env steps | gain per second |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in mechanism_summary(rows):
+        lines.append(f"| {s['family']} | {s['mechanism']} | {s['return_at_zero']:.2f} | {s['best_return']:.2f} ± "
+                     f"{s['best_se']:.2f} | {s['compute_at_best']} | {s['env_steps_at_best']} | "
+                     f"{s['wall_seconds_at_best']:.4f} | {s['gain_per_1000_env_steps']:.2f} | "
+                     f"{s['gain_per_second']:.1f} |")
+    lines += ["", "| family | baseline | return (± s.e.) |", "|---|---|---|"]
+    for r in rows:
+        if r["mechanism"].startswith("baseline"):
+            lines.append(f"| {r['family']} | {r['mechanism'][len('baseline: '):]} | {r['return_mean']:.2f} ± "
+                         f"{r['return_se']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -165,5 +165,5 @@ def test_study_measures_each_supported_axis_and_skips_the_others_with_a_reason(i
             "baseline: Thompson sampling", "baseline: random"} <= mechanisms
     context = sorted((r for r in report["rows"] if r["mechanism"].startswith("episodes")), key=lambda r: r["compute"])
     assert [r["env_steps"] for r in context] == [0, 100]
-    for name in ("study.json", "study.csv", "study.png"):
+    for name in ("study.json", "study.csv", "study.md", "study.png"):
         assert (tmp_path / "study" / name).stat().st_size > 0
