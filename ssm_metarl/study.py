@@ -115,7 +115,7 @@ def incontext_points(path: Path, config: StudyConfig, say: Any) -> tuple[str, li
     per_episode_seconds = (time.perf_counter() - start) / len(tasks) / episodes
     returns = out["rewards"].reshape(len(tasks), n, episodes, horizon).sum(-1).mean(1)  # (K, E)
     for e in range(episodes):
-        points.append(Point(dist.name, "episodes of context (in-context)", e, e * n * horizon,
+        points.append(Point(dist.name, "episodes of context (in-context)", e, e * horizon,
                         e * per_episode_seconds, returns[:, e]))
     if trial.episodes != 1 and episodes > trial.episodes:
         say(f"  note: {path.name} was trained on trials of {trial.episodes} episodes; episodes beyond that "
@@ -155,6 +155,7 @@ def maml_points(path: Path, config: StudyConfig, say: Any) -> tuple[str, list[Po
     say(f"  {path.name}: context axis skipped: a MAML-trained SSM policy sees no previous action, reward or "
         f"episode boundary, and its state is reset every episode")
     if config.adapter_steps:
+        points.append(Point(dist.name, "Adapter steps", 0, 0, 0.0, np.array(per_step["0"])))
         adapter_config = AdaptationConfig(optimizer="sgd", lr=train_config.inner_lr)
         for steps in range(1, config.adapter_steps + 1):
             start = time.perf_counter()
