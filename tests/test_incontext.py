@@ -167,3 +167,19 @@ def test_study_measures_each_supported_axis_and_skips_the_others_with_a_reason(i
     assert [r["env_steps"] for r in context] == [0, 100]
     for name in ("study.json", "study.csv", "study.md", "study.png"):
         assert (tmp_path / "study" / name).stat().st_size > 0
+
+
+def test_an_interrupted_incontext_run_resumes_in_the_other_backend(tmp_path) -> None:
+    import signal
+
+    from ssm_metarl.train import TrainConfig, TrainingInterrupted, train
+
+    config = TrainConfig(backend="torch", task="bandit", objective="incontext", trial_episodes=1, iterations=2,
+                         meta_batch=2, episodes=1, state_dim=4, hidden_dim=8, eval_tasks=2)
+    output = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(config, output, checkpoint_every=100, on_iteration=lambda i: signal.raise_signal(signal.SIGINT))
+    report = train(config, output, resume=True, backend="jax")
+    assert report["config"]["backend"] == "jax" and report["config"]["objective"] == "incontext"
+    metrics = json.loads((output / "metrics.json").read_text())["iterations"]
+    assert [(m["iteration"], m["backend"]) for m in metrics] == [(0, "torch"), (1, "jax")]
