@@ -463,8 +463,12 @@ CASES: dict[str, Callable[[Setup], list[Row]]] = {
     "adapter_tent_batchnorm": adapter_tent_batchnorm,
     "adapter_ema_tent_batchnorm": adapter_ema_tent_batchnorm,
     "rl_losses": rl_losses,
+    "incontext_losses": lambda setup: incontext_losses(setup),  # parity_tests/incontext.py
 }
 CASES.update(main_job_cases())  # whole native iterations and adapt_tasks (parity_tests/native_rl.py)
+
+
+from parity_tests.incontext import incontext_losses  # noqa: E402 (it imports row and TOLERANCES from here)
 
 
 def run_matrix(dtype: str, sizes: Sizes = Sizes(), cases: dict[str, Callable[[Setup], list[Row]]] = CASES) -> list[Row]:

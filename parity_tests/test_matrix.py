@@ -11,7 +11,7 @@ def test_parity_case(case: str, dtype: str) -> None:
     rows = CASES[case](Setup(dtype, Sizes()))
     contract_key = {"meta_update_trajectories": "meta_update", "adapter_trajectories": "adapter",
                     "adapter_tent_batchnorm": "adapter", "adapter_ema_tent_batchnorm": "adapter",
-                    "rl_losses": "rl"}.get(case)
+                    "rl_losses": "rl", "incontext_losses": "rl"}.get(case)
     if contract_key is not None and TOLERANCES[dtype][contract_key] is None:
         assert rows == []
         return

@@ -95,6 +95,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-tasks", type=positive_int, **field, help=f"held-out tasks (default: {d.eval_tasks})")
     train.add_argument("--eval-episodes", type=positive_int, **field,
                        help=f"episodes per held-out task (default: {d.eval_episodes})")
+    train.add_argument("--objective", type=str, **field,
+                       help=f"maml (post-adaptation return), incontext (the whole trial's return, no inner step) or "
+                            f"both (an inner step on top of the in-context policy) (default: {d.objective})")
+    train.add_argument("--trial-episodes", type=int, **field,
+                       help=f"in-context objectives: episodes per trial; the SSM state carries across them "
+                            f"(default: {d.trial_episodes})")
+    train.add_argument("--trial-discount", type=float, **field,
+                       help=f"in-context objectives: discount over the whole trial (default: {d.trial_discount})")
+    train.add_argument("--trial-baseline", type=str, **field,
+                       help=f"in-context objectives: state, time or linear (default: {d.trial_baseline})")
     train.add_argument("--rollouts", choices=["runner", "native"], **field,
                        help="runner: gymnasium environments through the backend-neutral runner; native: the "
                             "dynamics written in the framework, one compiled program per meta-iteration "
@@ -151,17 +161,40 @@ def add_parity(sub: argparse._SubParsersAction) -> None:
     porting_cli.add_arguments(parity)
 
 
+def add_study(sub: argparse._SubParsersAction) -> None:
+    study = sub.add_parser(
+        "study", help="held-out return vs test-time compute (inner steps, Adapter steps, episodes of context)",
+        formatter_class=HelpFormatter,
+        description=textwrap.fill(
+            "Measure held-out return as a function of test-time compute along every axis each checkpoint "
+            "supports (episodes of context for in-context checkpoints, inner gradient steps for both kinds, "
+            "Adapter steps for 'ssm-metarl train' MAML checkpoints), with the classical baselines on the same "
+            "held-out tasks. Checkpoints of one task family are averaged as seeds. Writes study.json, study.csv "
+            "and study.png to --output.", 100),
+        epilog="example:\n  ssm-metarl study benchmarks/results/incontext/bandit_seed*.safetensors --output runs/study")
+    study.add_argument("checkpoints", type=Path, nargs="+", help="in-context or 'ssm-metarl train' checkpoints")
+    study.add_argument("--backend", choices=["torch", "jax"], default="jax", help="framework to evaluate in")
+    study.add_argument("--tasks", type=positive_int, default=40, help="held-out tasks")
+    study.add_argument("--trials", type=positive_int, default=4, help="trials (episodes for MAML) per task")
+    study.add_argument("--max-inner-steps", type=non_negative_int, default=3, help="inner gradient steps 0..K")
+    study.add_argument("--max-episodes", type=positive_int, default=3, help="episodes of context 1..N")
+    study.add_argument("--adapter-steps", type=non_negative_int, default=3, help="Adapter steps 1..A")
+    study.add_argument("--seed", type=non_negative_int, default=0, help="seed of the evaluation rollouts")
+    study.add_argument("--output", type=Path, default=Path("runs/study"), help="directory for the results")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssm-metarl", description=__doc__.strip(), epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
-    for add in (add_train, add_evaluate, add_parity, add_bench, add_demo):
+    for add in (add_train, add_evaluate, add_study, add_parity, add_bench, add_demo):
         add(sub)
     return parser
 
 
 CONFIG_FLAGS = ("backend", "task", "iterations", "meta_batch", "episodes", "state_dim", "hidden_dim", "inner_lr",
-                "outer_lr", "init_log_std", "r_min", "r_max", "seeds", "eval_tasks", "eval_episodes", "rollouts")
+                "outer_lr", "init_log_std", "r_min", "r_max", "seeds", "eval_tasks", "eval_episodes", "rollouts",
+                "objective", "trial_episodes", "trial_discount", "trial_baseline")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -236,6 +269,18 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "parity":
         return run_parity(args)
+    if args.command == "study":
+        from ssm_metarl import study
+        from ssm_metarl.rundir import check_writable_dir
+
+        check_writable_dir(args.output, "--output")
+        missing = [str(p) for p in args.checkpoints if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"checkpoint(s) not found: {', '.join(missing)}")
+        config = study.StudyConfig(args.backend, args.tasks, args.trials, args.max_inner_steps, args.max_episodes,
+                                   args.adapter_steps, args.seed)
+        study.run(args.checkpoints, args.output, config)
+        return 0
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -58,8 +58,13 @@ class TrainConfig:
     eval_tasks: int = 40
     eval_episodes: int = 20
     rollouts: str | None = None
+    objective: str = "maml"  # "maml", "incontext" (whole-trial return, no inner step) or "both"
+    trial_episodes: int = 2  # in-context objectives: episodes per trial (the state carries across them)
+    trial_discount: float = 0.99
+    trial_baseline: str = "state"
 
     def __post_init__(self) -> None:
+        check_objective(self)
         if self.backend not in LEARNERS:
             raise ValueError(f"backend must be one of {sorted(LEARNERS)}, got {self.backend!r}")
         if not isinstance(self.task, str):
@@ -92,6 +97,26 @@ class TrainConfig:
                              f"families {list(NATIVE_TASKS)}, not {self.task!r}; use rollouts='runner' "
                              f"(--rollouts runner) for {self.task!r}")
         object.__setattr__(self, "rollouts", rollouts)
+
+
+def check_objective(config: TrainConfig) -> None:
+    """The in-context fields, with errors that name the command-line flag."""
+    from shared.incontext import BASELINES, OBJECTIVES
+
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"--objective (objective) must be one of {list(OBJECTIVES)}, got {config.objective!r}")
+    value = config.trial_episodes
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"--trial-episodes (trial_episodes) must be a positive integer, got {value!r}")
+    discount = config.trial_discount
+    if isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0.0 < discount <= 1.0:
+        raise ValueError(f"--trial-discount (trial_discount) must be a number in (0, 1], got {discount!r}")
+    if config.trial_baseline not in BASELINES:
+        raise ValueError(f"--trial-baseline (trial_baseline) must be one of {list(BASELINES)}, "
+                         f"got {config.trial_baseline!r}")
+    if config.objective != "maml" and config.task not in NATIVE_TASKS:
+        raise ValueError(f"--objective {config.objective} runs on the in-graph dynamics of {list(NATIVE_TASKS)}, "
+                         f"not on task {config.task!r}")
 
 
 FILE_KEYS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed"] + ["seeds"]
@@ -163,6 +188,9 @@ def initial_weights(config: TrainConfig, distribution: TaskDistribution) -> dict
 
     from torch_impl.meta_rl.maml_rl import SSMPolicy
 
+    if config.objective != "maml":
+        from ssm_metarl import incontext
+        return incontext.initial_weights(config)
     torch.manual_seed(config.seed)
     policy = SSMPolicy(distribution.obs_dim, distribution.action_dim, distribution.discrete, config.state_dim,
                        config.hidden_dim, "cpu", init_log_std=config.init_log_std, r_min=config.r_min,
@@ -172,6 +200,9 @@ def initial_weights(config: TrainConfig, distribution: TaskDistribution) -> dict
 
 def make_learner(config: TrainConfig, distribution: TaskDistribution, weights: dict[str, np.ndarray]) -> Any:
     """The configured backend's learner, holding the canonical ``weights``."""
+    if config.objective != "maml":
+        from ssm_metarl import incontext
+        return incontext.make_learner(config, weights)
     return learner_class(config.backend).build(
         distribution.obs_dim, distribution.action_dim, distribution.discrete, config.state_dim, config.hidden_dim,
         weights, inner_lr=config.inner_lr, outer_lr=config.outer_lr, r_min=config.r_min, r_max=config.r_max)

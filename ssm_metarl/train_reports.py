@@ -76,7 +76,8 @@ def print_report(report: dict[str, Any], distribution: TaskDistribution, output:
 def summarize_seeds(output: Path, seeds: list[int]) -> dict[str, Any]:
     """Mean over seeds of each seed's held-out means, written to ``summary.json`` and ``summary.md``."""
     reports = [json.loads((output / f"seed_{s}" / "evaluation.json").read_text()) for s in seeds]
-    keys = ["after_0_steps", "after_1_steps", "after_2_steps", "after_3_steps", "after_adapter"]
+    keys = [k for k in ("after_0_steps", "after_1_steps", "after_2_steps", "after_3_steps", "after_adapter",
+                        "episode_1", "episode_2", "episode_3", "episode_4", "regret") if k in reports[0]]
     summary = {key: summarize([r[key]["mean"] for r in reports]) for key in keys}
     summary["seeds"] = seeds
     summary = {"run": reports[0].get("run"), "config": {k: v for k, v in reports[0]["config"].items() if k != "seed"},

@@ -82,6 +82,9 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, where: str) -> N
 
 def iteration_fn(config: TrainConfig, learner: Any, meta_env: MetaEnvironment) -> Callable[[], dict[str, float]]:
     """One meta-iteration per call on the configured rollout path."""
+    if config.objective != "maml":
+        from ssm_metarl import incontext
+        return incontext.iteration_fn(config, learner, meta_env)
     if config.rollouts == "native":
         return native_iteration_fn(learner, meta_env, config.meta_batch, config.episodes)
     return lambda: meta_iteration(learner, meta_env, config.meta_batch, config.episodes)
@@ -117,6 +120,9 @@ class TrainingSession:
         self.resumed_after_training = state is not None and state.iteration == config.iterations
         if ranks is None:
             self.step = iteration_fn(config, self.learner, self.meta_env)
+        elif config.objective != "maml":
+            raise ValueError(f"--objective {config.objective}: scale-out over worker processes covers the 'maml' "
+                             "objective; run the in-context objectives in one process")
         else:  # this rank's slice of the tasks (ssm_metarl/scaleout.py)
             self.step = ranks.iteration_fn(self.learner, self.meta_env, config.meta_batch, config.episodes)
 
@@ -158,6 +164,9 @@ class TrainingSession:
 
     def finish(self, compile_seconds: float, final: Path) -> dict[str, Any]:
         """Write metrics and checkpoint, evaluate on the held-out tasks, plot; ``evaluation.json`` last."""
+        if self.config.objective != "maml":
+            from ssm_metarl import incontext
+            return incontext.finish(self, compile_seconds, final)
         config, directory, metrics = self.config, self.directory, self.metrics
         train_seconds = float(sum(m["seconds"] for m in metrics))
         print(compile_line(config, compile_seconds, train_seconds))
