@@ -24,7 +24,7 @@ from shared.rl import RLBatch
 from torch_impl.core.ssm import SSM, ssm_step
 from torch_impl.meta_rl.meta_maml import MetaMAML, Params
 
-COMPILE_ENV = "SSM_METARL_TORCH_COMPILE"  # "0": the native path runs eagerly (see MAMLRL.native)
+COMPILE_ENV = "SSM_METARL_TORCH_COMPILE"  # "1"/"0": force the native path compiled/eager (see MAMLRL.native)
 
 
 class SSMPolicy(nn.Module):
@@ -256,13 +256,15 @@ class MAMLRL:
     def native(self, distribution: Any, episodes_per_task: int, *, compile: bool | None = None) -> Any:
         """The in-graph rollout path (``torch_impl.meta_rl.native``) for Nav2D or bandits.
 
-        ``compile=None`` compiles unless the environment sets ``SSM_METARL_TORCH_COMPILE=0`` (the eager
-        form: the same maths without the compile time, e.g. for short runs and tests).
+        ``compile=None`` compiles on a GPU (with CUDA graphs) and runs eagerly on the CPU, where the
+        compiled parts were measured no faster than eager (4.05 s vs 3.31 s per Nav2D meta-iteration) after
+        minutes of compiling; ``SSM_METARL_TORCH_COMPILE=1`` or ``0`` forces either form.
         """
         from torch_impl.meta_rl.native import NativeMAMLRL
 
         if compile is None:
-            compile = os.environ.get(COMPILE_ENV, "1") != "0"
+            forced = os.environ.get(COMPILE_ENV)
+            compile = next(self.policy.parameters()).is_cuda if forced is None else forced != "0"
         return NativeMAMLRL(self, distribution, episodes_per_task, compile=compile)
 
     def adapter(self, config: Any) -> Any:
