@@ -142,7 +142,7 @@ def test_native_rollouts_for_a_family_without_native_dynamics_name_the_families_
 
 
 def test_the_compiled_torch_native_iteration_equals_its_eager_form():
-    """torch.compile (the training default) computes the eager program's numbers: three iterations, float64."""
+    """torch.compile (the default on a GPU) computes the eager program's numbers: three iterations, float64."""
     distribution = SHORT["nav2d"]
     config = TrainConfig(task="nav2d", state_dim=4, hidden_dim=8)
     weights = {k: v.astype(np.float64) for k, v in initial_weights(config, distribution).items()}
