@@ -37,7 +37,14 @@ def test_bad_argument_is_a_clear_error(capsys):
     assert "expected a positive integer, got 0" in capsys.readouterr().err
 
 
-def test_parity_command_prints_and_writes_the_matrix(tmp_path, capsys):
+def test_parity_command_prints_and_writes_the_matrix(tmp_path, capsys, monkeypatch):
+    """The command's table and JSON; every case itself runs in parity_tests/test_matrix.py, so the cases
+    that compile (torch.compile, whole native iterations, several processes) are left to it here."""
+    from parity_tests import matrix
+    from ssm_metarl import parity
+
+    slow = ("compiled", "native", "distributed", "incontext")
+    monkeypatch.setattr(parity, "CASES", {k: v for k, v in matrix.CASES.items() if not any(s in k for s in slow)})
     out = tmp_path / "parity.json"
     code = main(["parity", "--dtype", "float64", "--state-dim", "3", "--hidden-dim", "4", "--seq-len", "5",
                  "--output", str(out)])
