@@ -378,8 +378,9 @@ def study_readme() -> str:
                          f"({_unit(s['mechanism'], s['compute_at_best'])}) | {s['gain_per_1000_env_steps']:.2f} | "
                          f"{s['gain_per_second']:.1f} |")
     cfg = load(STUDY)["config"]
-    return "\n".join([*lines, "", f"Held-out return gained over no test-time compute, {cfg['tasks']} held-out "
-                      "tasks, under load; source: `benchmarks/results/incontext/study/study.json`."])
+    return "\n".join([*lines, "", f"Held-out return gained over no test-time compute ({cfg['tasks']} held-out "
+                      "tasks), per 1000 environment steps and per second of wall time (a shared CPU under load); in "
+                      "bold, the family's best buy. Source: `benchmarks/results/incontext/study/study.json`."])
 
 
 def study_baselines() -> str:
