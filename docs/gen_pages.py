@@ -30,7 +30,8 @@ MARKER = re.compile(r"<!-- gen: (?P<name>[\w-]+) -->\n(?:.*?\n)?<!-- /gen: (?P=n
 IMAGES = ("full_meta_update_second.png", "full_meta_update_first.png", "full_adapt.png", "full_sequence_forward.png",
           "meta_update_1thread_meta_update_second.png", "meta_update_1thread_meta_update_first.png")
 RUN_IMAGES = ("default_run/learning_curve.png", "default_run/adaptation.png", "bandit_300/adaptation.png",
-              "nav2d_maml_rl/seed_0/learning_curve.png", "nav2d_maml_rl/seed_0/adaptation.png")
+              "nav2d_maml_rl/seed_0/learning_curve.png", "nav2d_maml_rl/seed_0/adaptation.png",
+              "incontext/study/study.png", "incontext/bandit_targets.png", "incontext/nav2d_targets.png")
 STAGES = (("after_0_steps", "before adaptation"), ("after_1_steps", "after 1 inner step"),
           ("after_2_steps", "after 2 inner steps"), ("after_3_steps", "after 3 inner steps"),
           ("after_adapter", "after 3 Adapter steps"))
@@ -283,6 +284,220 @@ def parity_worst() -> str:
     return "Worst normwise relative error per dtype: " + "; ".join(parts) + "."
 
 
+# --------------------------------------------------------------------------- in-context RL and test-time compute
+STUDY = "incontext/study/study.json"
+UNITS = {"episodes of context": "episodes", "inner gradient steps": "steps", "Adapter steps": "steps"}
+
+
+def _unit(mechanism: str, compute: int) -> str:
+    unit = next((u for prefix, u in UNITS.items() if mechanism.startswith(prefix)), "")
+    return f"{compute} {unit[:-1] if compute == 1 else unit}".strip()
+
+
+def _study_summary() -> dict[str, list[dict[str, Any]]]:
+    """``ssm_metarl.study.mechanism_summary`` of the committed study, grouped by task family."""
+    from ssm_metarl.study import mechanism_summary
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for s in mechanism_summary(load(STUDY)["rows"]):
+        s["gain"] = s["best_return"] - s["return_at_zero"]
+        out.setdefault(s["family"], []).append(s)
+    return out
+
+
+def _study_winner(summaries: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    return max(summaries, key=lambda s: s[key])
+
+
+def _study_baselines() -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in load(STUDY)["rows"]:
+        if r["mechanism"].startswith("baseline: "):
+            out.setdefault(r["family"], []).append({**r, "name": r["mechanism"][len("baseline: "):]})
+    return out
+
+
+def _study_source() -> str:
+    report = load(STUDY)
+    cfg = report["config"]
+    names = ", ".join(Path(c).parent.name if Path(c).stem == "checkpoint" else Path(c).stem
+                      for c in report["checkpoints"])
+    return (f"{cfg['tasks']} held-out tasks × {cfg['trials']} trials, {cfg['backend']}; checkpoints {names} "
+            "(`benchmarks/results/incontext/`), those of one family and mechanism averaged as seeds; ± is the "
+            "standard error over tasks; wall times are per task and adaptation, compile excluded, on a shared CPU "
+            "under load. Source: `benchmarks/results/incontext/study/study.json`.")
+
+
+def study_mechanisms() -> str:
+    """The test-time compute table: per family and mechanism, the best return along its axis, what it cost and
+    the return gained per 1000 environment steps and per second; each family's best buy in bold."""
+    lines = ["| family | mechanism | return, no compute | best return | at | gain | env steps | "
+             "gain per 1000 env steps | wall s / adaptation | gain per second |", "|---" * 10 + "|"]
+    for family, summaries in _study_summary().items():
+        best = {_study_winner(summaries, "gain_per_1000_env_steps")["mechanism"],
+                _study_winner(summaries, "gain_per_second")["mechanism"]}
+        for s in summaries:
+            bold = "**" if s["mechanism"] in best and s["gain"] > 0 else ""
+            lines.append(
+                f"| {family} | {bold}{s['mechanism']}{bold} | {s['return_at_zero']:.2f} | {s['best_return']:.2f} ± "
+                f"{s['best_se']:.2f} | {_unit(s['mechanism'], s['compute_at_best'])} | {s['gain']:+.2f} | "
+                f"{s['env_steps_at_best']} | {bold}{s['gain_per_1000_env_steps']:.2f}{bold} | "
+                f"{s['wall_seconds_at_best']:.4f} | {bold}{s['gain_per_second']:.1f}{bold} |")
+    return "\n".join([*lines, "", _study_source()])
+
+
+def study_winners() -> str:
+    """One line per family: the mechanism that buys the most return per environment step and per second, and
+    the best classical baseline on the same tasks."""
+    baselines = _study_baselines()
+    lines = []
+    for family, summaries in _study_summary().items():
+        parts = []
+        for key, label, fmt in (("gain_per_1000_env_steps", "per 1000 environment steps", ".2f"),
+                                ("gain_per_second", "per second", ".1f")):
+            s = _study_winner(summaries, key)
+            parts.append(f"{label}: {s['mechanism']}, {s[key]:{fmt}} ({s['gain']:+.2f} after "
+                         f"{_unit(s['mechanism'], s['compute_at_best'])})")
+        ours = max(summaries, key=lambda s: s["best_return"])
+        top = max(baselines.get(family, []), key=lambda b: b["return_mean"])
+        lines.append(f"- **{family}**: the most return {'; '.join(parts)}. Best learned return: "
+                     f"{ours['best_return']:.2f}, by {ours['mechanism']}; best classical baseline on the same tasks, "
+                     f"{top['name']}: {top['return_mean']:.2f}.")
+    return "\n".join(lines)
+
+
+def study_readme() -> str:
+    """The README's short test-time compute table: gain and gain per unit of compute per mechanism."""
+    lines = ["| family | mechanism | gain (at) | per 1000 env steps | per second |", "|---|---|---|---|---|"]
+    for family, summaries in _study_summary().items():
+        best = {_study_winner(summaries, "gain_per_1000_env_steps")["mechanism"],
+                _study_winner(summaries, "gain_per_second")["mechanism"]}
+        for s in summaries:
+            bold = "**" if s["mechanism"] in best and s["gain"] > 0 else ""
+            lines.append(f"| {family} | {bold}{s['mechanism']}{bold} | {s['gain']:+.2f} "
+                         f"({_unit(s['mechanism'], s['compute_at_best'])}) | {s['gain_per_1000_env_steps']:.2f} | "
+                         f"{s['gain_per_second']:.1f} |")
+    cfg = load(STUDY)["config"]
+    return "\n".join([*lines, "", f"Held-out return gained over no test-time compute ({cfg['tasks']} held-out "
+                      "tasks), per 1000 environment steps and per second of wall time (a shared CPU under load); in "
+                      "bold, the family's best buy. Source: `benchmarks/results/incontext/study/study.json`."])
+
+
+def study_baselines() -> str:
+    """The classical baselines of the study, on its held-out tasks."""
+    lines = ["| family | baseline | return |", "|---|---|---|"]
+    for family, rows in _study_baselines().items():
+        lines += [f"| {family} | {b['name']} | {b['return_mean']:.2f} ± {b['return_se']:.2f} |" for b in rows]
+    return "\n".join(lines)
+
+
+def _targets(family: str) -> dict[str, Any]:
+    return load(f"incontext/{family}_targets.json")
+
+
+def _bandit_verdict() -> tuple[bool, float, float, float]:
+    t = _targets("bandit")
+    ours, thompson = t["in-context (no gradient step)"], t["baselines"]["Thompson sampling"]
+    return ours["regret"] < thompson["regret"], ours["regret"], ours["se"], thompson["regret"]
+
+
+def _nav2d_verdict() -> tuple[bool, float, float, float]:
+    t = _targets("nav2d")
+    last = t["in-context (no gradient step)"][-1]
+    return last["return"] > t["maml_one_step_post_adaptation"], last["return"], last["se"], \
+        t["maml_one_step_post_adaptation"]
+
+
+def incontext_targets() -> str:
+    """One sentence per target: met or missed, with the numbers."""
+    met_b, regret, se, thompson = _bandit_verdict()
+    met_n, ret, nse, maml = _nav2d_verdict()
+    episodes = len(_targets("nav2d")["in-context (no gradient step)"])
+    return (f"Bandits: regret **{regret:.2f} ± {se:.2f}** against Thompson sampling's {thompson:.2f}, "
+            f"target (below Thompson sampling) **{'met' if met_b else 'missed'}**. Nav2D: in-context return in "
+            f"episode {episodes} of a trial **{ret:.2f} ± {nse:.2f}** against MAML's {maml:.1f} after one gradient "
+            f"step, target (above it) **{'met' if met_n else 'missed'}**. Sources: "
+            "`benchmarks/results/incontext/bandit_targets.json`, `nav2d_targets.json`.")
+
+
+def incontext_bandit() -> str:
+    """The bandit target: regret of the in-context policy (all seeds and each) and of the classical baselines."""
+    t = _targets("bandit")
+    ours = t["in-context (no gradient step)"]
+    lines = ["| policy | regret (100 pulls) |", "|---|---|",
+             f"| **in-context SSM, no gradient step, {len(t['seeds'])} seeds** | **{ours['regret']:.2f} ± "
+             f"{ours['se']:.2f}** |"]
+    lines += [f"| in-context SSM, {name} | {s['regret']:.2f} ± {s['se']:.2f} |" for name, s in t["seeds"].items()]
+    for name, b in t["baselines"].items():
+        if name == "UCB1":
+            name = f"UCB1, textbook c = √2 = {b['c']:.2f}"
+        elif "c" in b:
+            name = f"UCB1, c = {b['c']:g} (tuned on training bandits)"
+        lines.append(f"| {name} | {b['regret']:.2f} ± {b['se']:.2f} |")
+    grid = ", ".join(f"c = {c}: {r:.2f}" for c, r in t["ucb1_c_grid_on_training_bandits"].items())
+    rl2 = ", ".join(f"{k} {v}" for k, v in t["rl2_table_regret"].items())
+    return "\n".join([*lines, "",
+                      f"{t['held_out_tasks']} held-out bandits × {t['trials_per_task']} trials; ± is the standard "
+                      "error over bandits. UCB1's index is `mean + c sqrt(ln t / n)`; its regret on training "
+                      f"bandits for each c: {grid}. The RL² paper's table (Duan et al. 2016, regret derived as "
+                      f"100 × 5/6 minus total reward): {rl2}. Source: "
+                      "`benchmarks/results/incontext/bandit_targets.json`."])
+
+
+def incontext_nav2d() -> str:
+    """The Nav2D target: return per episode of a trial (all seeds and each) against the oracle, random and MAML."""
+    t = _targets("nav2d")
+    eps = t["in-context (no gradient step)"]
+    header = " | ".join(f"episode {e['episode']}" for e in eps)
+    lines = [f"| policy | {header} |", "|---" * (len(eps) + 1) + "|",
+             f"| **in-context SSM, {len(t['seeds'])} seeds** | "
+             + " | ".join(f"**{e['return']:.2f} ± {e['se']:.2f}**" for e in eps) + " |"]
+    lines += [f"| in-context SSM, {name} | " + " | ".join(f"{e['return']:.2f} ± {e['se']:.2f}" for e in s) + " |"
+              for name, s in t["seeds"].items()]
+    lines += [f"| {name} | " + " | ".join(f"{b['return']:.2f} ± {b['se']:.2f}" for _ in eps) + " |"
+              for name, b in t["baselines"].items()]
+    lines.append("| MAML, after one gradient step on a batch of episodes (the target) | | "
+                 f"{t['maml_one_step_post_adaptation']:.1f} |" if len(eps) == 2 else
+                 f"| MAML, one gradient step | {t['maml_one_step_post_adaptation']:.1f} |")
+    return "\n".join([*lines, "", f"{t['held_out_tasks']} held-out goals × {t['trials_per_task']} trials; the "
+                      "baselines' return is per episode. Source: `benchmarks/results/incontext/nav2d_targets.json`."])
+
+
+def _probe_table(files: tuple[str, ...], baseline: str | None = None) -> str:
+    rows = [r for f in files for r in load(f"incontext/{f}") if baseline in (None, r["baseline"])]
+    lines = ["| value baseline | Adam lr | trial discount | meta-iterations | held-out regret | training return, "
+             "last 50 iterations | train time (s, under load) |", "|---" * 7 + "|"]
+    lines += [f"| `{r['baseline']}` | {r['lr']:g} | {r['discount']:g} | {r['iterations']} | {r['regret']:.1f} | "
+              f"{r['train_return_last50']:.1f} | {r['seconds']:.0f} |" for r in rows]
+    clip = ", ".join(f"{c:g}" for c in sorted({r["clip"] for r in rows}))
+    return "\n".join([*lines, "", f"Bandits, one seed each, global gradient norm clipped to {clip}; held-out regret "
+                      "over 100 bandits × 4 trials (`benchmarks/incontext_probe.py`). Sources: "
+                      + ", ".join(f"`benchmarks/results/incontext/{f}`" for f in files) + "."])
+
+
+def incontext_estimator() -> str:
+    """The value-baseline probe on bandits: held-out regret per baseline."""
+    return _probe_table(("probe_estimator_bandit.json",))
+
+
+def incontext_optimiser() -> str:
+    """The outer-optimiser probes on bandits: learning rate and trial discount against the chosen setting."""
+    return _probe_table(("probe_estimator_bandit.json", "probe_bandit_lr1e-2.json", "probe_bandit_discount1.json"),
+                        baseline="state")
+
+
+def incontext_nav2d_probes() -> str:
+    """The Nav2D learning-rate probe: return per episode of a trial."""
+    rows = load("incontext/probe_nav2d_lr.json")
+    lines = ["| Adam lr | meta-iterations | " + " | ".join(f"episode {i + 1}" for i in
+                                                        range(len(rows[0]["episode_returns"]))) + " |",
+             "|---" * (2 + len(rows[0]["episode_returns"])) + "|"]
+    lines += [f"| {r['lr']:g} | {r['iterations']} | " + " | ".join(f"{v:.1f}" for v in r["episode_returns"]) + " |"
+              for r in rows]
+    return "\n".join([*lines, "", "One seed each, `state` baseline, discount 0.99. Source: "
+                      "`benchmarks/results/incontext/probe_nav2d_lr.json`."])
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "default-run": default_run, "demo": demo, "nav2d-seeds": nav2d_seeds, "bandit": bandit,
     "benchmark-runs": benchmark_runs,
@@ -290,6 +505,11 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "best-against-best": best_against_best, "metamaml-modes": metamaml_modes, "scan-ratios": scan_ratios,
     "scaling": scaling, "scaling-summary": scaling_summary,
     "parity": parity, "parity-worst": parity_worst,
+    "study-mechanisms": study_mechanisms, "study-winners": study_winners, "study-readme": study_readme,
+    "study-baselines": study_baselines, "incontext-targets": incontext_targets, "incontext-bandit": incontext_bandit,
+    "incontext-nav2d": incontext_nav2d, "incontext-estimator": incontext_estimator,
+    "incontext-optimiser": incontext_optimiser,
+    "incontext-nav2d-probes": incontext_nav2d_probes,
 }
 
 

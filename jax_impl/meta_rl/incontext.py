@@ -229,8 +229,10 @@ class InContextRL:
         policy: the policy (its ``augmented_dim`` must match the task family's).
         distribution: Nav2D goals or Bernoulli bandits (the families whose dynamics are written in JAX).
         config: the objective, trial length, discount, baseline and trials per task.
-        outer_lr: Adam's step size; ``max_grad_norm`` clips the meta-gradient's global norm first.
-        inner_lr, num_inner_steps: the inner step of the ``"both"`` objective.
+        outer_lr: Adam's step size.
+        inner_lr: the step size of the inner step of the ``"both"`` objective.
+        num_inner_steps: the number of inner steps of the ``"both"`` objective.
+        max_grad_norm: the meta-gradient's global norm is clipped to this before Adam's step (``None``: no clip).
     """
 
     def __init__(self, policy: InContextPolicy, distribution: TaskDistribution, config: TrialConfig,
