@@ -25,7 +25,7 @@ FULL = {"lengths": [16, 64, 256, 1024, 4096], "ks": [1, 5, 10], "meta_batches": 
         "memory_ks": [1, 2, 4, 8], "rl": (20, 20), "reps": 20,
         # torch.compile costs 25-30 s per shape on a quiet 2-core CPU: compile these sizes only.
         "compile_lengths": [16, 256], "compile_ks": [1], "compile_meta_batches": [1, 4, 16, 32]}
-QUICK = {"lengths": [16, 256], "ks": [1], "meta_batches": [1, 4], "memory_ks": [], "rl": (4, 4), "reps": 5,
+QUICK = {"lengths": [16, 64], "ks": [1], "meta_batches": [1], "memory_ks": [], "rl": (2, 2), "reps": 3,
          "compile_lengths": [], "compile_ks": [], "compile_meta_batches": [1], "compile_orders": ["second"]}
 CASES = ("ssm_step", "sequence_forward", "adapt", "meta_update", "adapter_step", "rl_iteration", "memory")
 
