@@ -40,8 +40,9 @@ def recorded_trials(t_policy: torch_ic.InContextPolicy, dist: TaskDistribution, 
     tasks = dist.sample(TRIAL_TASKS, np.random.default_rng(seed))
     dtype = t_policy.encoder.weight.dtype
     params = {name: p.detach().expand(TRIAL_TASKS, *p.shape) for name, p in t_policy.named_parameters()}
-    generator = torch.Generator().manual_seed(seed)
-    out = torch_ic.trial_rollout(t_policy, params, dist, torch_ic.task_tensor(dist, tasks, dtype), generator,
+    noise = torch_ic.trial_noise(dist, torch.Generator().manual_seed(seed), TRIAL_TASKS, TRIALS,
+                                 EPISODES * dist.horizon, dtype)
+    out = torch_ic.trial_rollout(t_policy, params, dist, torch_ic.task_tensor(dist, tasks, dtype), noise,
                                  TRIALS, EPISODES)
     return tuple(a.numpy() for a in out)
 

@@ -103,13 +103,16 @@ def load_checkpoint(path: str | Path, backend: str) -> tuple[Any, PolicySpec, Tr
 
 
 def make_trainer(backend: str, policy: Any, spec: PolicySpec, config: TrialConfig, outer_lr: float,
-                 inner_lr: float, num_inner_steps: int = 1, max_grad_norm: float | None = 1.0) -> Any:
+                 inner_lr: float, num_inner_steps: int = 1, max_grad_norm: float | None = 1.0,
+                 shards: Any = None) -> Any:
+    """The backend's ``InContextRL``; ``shards`` (torch only) splits each meta-batch over torchrun's ranks."""
+    options = {"num_inner_steps": num_inner_steps, "max_grad_norm": max_grad_norm}
     if backend == "jax":
         from jax_impl.meta_rl.incontext import InContextRL
     else:
         from torch_impl.meta_rl.incontext import InContextRL
-    return InContextRL(policy, spec.distribution(), config, outer_lr=outer_lr, inner_lr=inner_lr,
-                       num_inner_steps=num_inner_steps, max_grad_norm=max_grad_norm)
+        options["shards"] = shards
+    return InContextRL(policy, spec.distribution(), config, outer_lr=outer_lr, inner_lr=inner_lr, **options)
 
 
 def backend_key(backend: str, seed: int) -> Any:
@@ -170,12 +173,13 @@ def initial_weights(config: Any) -> dict[str, np.ndarray]:
     return canonical_params("torch", policy)
 
 
-def make_learner(config: Any, weights: dict[str, np.ndarray]) -> Any:
-    """The configured backend's :class:`InContextRL`, holding ``weights``."""
+def make_learner(config: Any, weights: dict[str, np.ndarray], shards: Any = None) -> Any:
+    """The configured backend's :class:`InContextRL`, holding ``weights`` (``shards``: see :func:`make_trainer`)."""
     spec = policy_spec(config)
     policy = build_policy(config.backend, spec, config.seed)
     load_params(config.backend, policy, weights)
-    return make_trainer(config.backend, policy, spec, trial_config(config), config.outer_lr, config.inner_lr)
+    return make_trainer(config.backend, policy, spec, trial_config(config), config.outer_lr, config.inner_lr,
+                        shards=shards)
 
 
 def iteration_fn(config: Any, learner: Any, meta_env: Any) -> Callable[[], dict[str, float]]:

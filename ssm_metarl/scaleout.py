@@ -96,6 +96,12 @@ class Ranks:
         workers = DistributedMetaMAML(learner.maml, check_every=int(os.environ.get(SYNC_CHECK_ENV, "0")))
         return lambda: sharded_meta_iteration(learner, workers, meta_env, n_tasks, episodes)
 
+    def task_shards(self) -> Any:
+        """The in-context trainers' split of each meta-batch over these ranks."""
+        from torch_impl.meta_rl.distributed import TaskShards
+
+        return TaskShards(self.rank, self.world_size)
+
     def wait(self) -> None:
         """All ranks meet here (no collective timeout: rank 0 may be evaluating for a long time)."""
         import torch.distributed as dist
@@ -118,8 +124,9 @@ def connect() -> Ranks | None:
 
 
 def check_backend(ranks: Ranks | None, backends: list[str], rollouts: list[str] | None = None) -> None:
-    """torchrun shards the torch backend's runner path; anything else is refused before any compute."""
-    if ranks is not None and any(r != "runner" for r in rollouts or []):
+    """torchrun shards the torch backend's runner path (and the in-context objectives, whose ``rollouts`` is
+    passed as ``None``); anything else is refused before any compute."""
+    if ranks is not None and any(r not in ("runner", None) for r in rollouts or []):
         raise ValueError("torchrun shards the runner path by task (--rollouts runner); the native path is one "
                          "compiled program per meta-iteration and runs in one process")
     if ranks is not None and any(b != "torch" for b in backends):

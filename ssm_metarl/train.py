@@ -87,7 +87,8 @@ def run(configs: list[TrainConfig], output: Path, *, overwrite: bool = False, re
             configs = [dataclasses.replace(c, backend=backend) for c in configs]
             if writes:  # the run continues in ``backend``: its config says so (metrics record each iteration's)
                 write_config(staging / "config.toml", configs, output / "config.toml")
-    scaleout.check_backend(ranks, [c.backend for c in configs], [c.rollouts for c in configs])
+    scaleout.check_backend(ranks, [c.backend for c in configs],
+                           [c.rollouts if c.objective == "maml" else None for c in configs])
     many = len(configs) > 1
     reports = []
     for config in configs:

@@ -198,11 +198,16 @@ def initial_weights(config: TrainConfig, distribution: TaskDistribution) -> dict
     return {name: t.detach().numpy().copy() for name, t in policy.state_dict().items()}
 
 
-def make_learner(config: TrainConfig, distribution: TaskDistribution, weights: dict[str, np.ndarray]) -> Any:
-    """The configured backend's learner, holding the canonical ``weights``."""
+def make_learner(config: TrainConfig, distribution: TaskDistribution, weights: dict[str, np.ndarray],
+                 shards: Any = None) -> Any:
+    """The configured backend's learner, holding the canonical ``weights``.
+
+    ``shards`` (a ``torch_impl.meta_rl.distributed.TaskShards``) splits the in-context objectives' meta-batches
+    over torchrun's ranks; the MAML objective is split by ``ssm_metarl.scaleout`` instead.
+    """
     if config.objective != "maml":
         from ssm_metarl import incontext
-        return incontext.make_learner(config, weights)
+        return incontext.make_learner(config, weights, shards)
     return learner_class(config.backend).build(
         distribution.obs_dim, distribution.action_dim, distribution.discrete, config.state_dim, config.hidden_dim,
         weights, inner_lr=config.inner_lr, outer_lr=config.outer_lr, r_min=config.r_min, r_max=config.r_max)

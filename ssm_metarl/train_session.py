@@ -108,7 +108,8 @@ class TrainingSession:
             check_resumable(state.config, config, where)
             check_weights(state.params, expected_layout(config, self.distribution), where)
         weights = state.params if state else initial_weights(config, self.distribution)
-        self.learner = make_learner(config, self.distribution, weights)
+        shards = ranks.task_shards() if ranks is not None and config.objective != "maml" else None
+        self.learner = make_learner(config, self.distribution, weights, shards)
         self.meta_env = MetaEnvironment(self.distribution, seed=config.seed)
         self.metrics: list[dict[str, Any]] = list(state.metrics) if state else []
         if state is not None:
@@ -118,11 +119,8 @@ class TrainingSession:
                 raise ValueError(f"resume checkpoint {str(self.resume_path)!r}: {err}") from None
         self.start = state.iteration if state else 0
         self.resumed_after_training = state is not None and state.iteration == config.iterations
-        if ranks is None:
+        if ranks is None or config.objective != "maml":  # in-context learners hold their shards themselves
             self.step = iteration_fn(config, self.learner, self.meta_env)
-        elif config.objective != "maml":
-            raise ValueError(f"--objective {config.objective}: scale-out over worker processes covers the 'maml' "
-                             "objective; run the in-context objectives in one process")
         else:  # this rank's slice of the tasks (ssm_metarl/scaleout.py)
             self.step = ranks.iteration_fn(self.learner, self.meta_env, config.meta_batch, config.episodes)
 

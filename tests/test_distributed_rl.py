@@ -19,7 +19,7 @@ from shared.compare import compare_trees
 from shared.env_runner import MetaEnvironment
 from shared.env_runner.per_task import rollout_per_task
 from shared.weights import load_weights
-from ssm_metarl import checkpoint, rundir, scaleout, train
+from ssm_metarl import checkpoint, cli, rundir, scaleout, train
 
 
 @pytest.mark.parametrize("task", ["nav2d", "bandit", "cartpole"])
@@ -120,3 +120,26 @@ def test_crash_on_two_ranks_then_resume_on_one(tmp_path: Path) -> None:
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out[-4000:]
     compare_with_one_worker(output)
+
+
+INCONTEXT = ["--backend", "torch", "--task", "bandit", "--objective", "both", "--trial-episodes", "1",
+             "--iterations", "2", "--meta-batch", "3", "--episodes", "2", "--state-dim", "4", "--hidden-dim", "8",
+             "--eval-tasks", "2"]
+
+
+def test_torchrun_incontext_training_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
+    """The in-context objectives under torchrun: 3 tasks over 2 ranks (2 + 1), advantages normalised over
+    every rank's trials, the inner step's adapted weights gathered: the same run as one process."""
+    proc = torchrun(2, *INCONTEXT, "--output", str(tmp_path / "two"))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    assert out.count("held-out bandit") == 1, out[-4000:]  # only rank 0 evaluates and reports
+    assert cli.main(["train", *INCONTEXT, "--output", str(tmp_path / "one")]) == 0
+    runs = []
+    for name in ("two", "one"):
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())["iterations"]
+        weights, _ = load_weights(tmp_path / name / "checkpoint.safetensors")
+        runs.append({"metrics": {k: np.array([m[k] for m in metrics]) for k in ("pre_return", "post_return", "loss")},
+                     "weights": weights})
+    comparison = compare_trees(*runs)
+    assert comparison.passes(1e-5), comparison.report(1e-5)  # float32 policy: the fp32 contract row

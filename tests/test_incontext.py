@@ -38,7 +38,8 @@ def test_rollouts_of_both_backends_build_the_documented_augmented_observation(fa
     t_policy = torch_ic.InContextPolicy(dist.obs_dim, dist.action_dim, dist.discrete, 4, 8, "cpu")
     params = {n: p.detach().expand(1, *p.shape) for n, p in t_policy.named_parameters()}
     x, a, r = (t.numpy()[0] for t in torch_ic.trial_rollout(
-        t_policy, params, dist, torch.as_tensor(task_of(dist))[None], torch.Generator().manual_seed(0), 2, 3))
+        t_policy, params, dist, torch.as_tensor(task_of(dist))[None],
+        torch_ic.trial_noise(dist, torch.Generator().manual_seed(0), 1, 2, 12, torch.float32), 2, 3))
     np.testing.assert_allclose(augment(x[..., :dist.obs_dim], a, r, 4, dist.action_dim, dist.discrete), x, atol=1e-6)
 
 

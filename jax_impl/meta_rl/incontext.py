@@ -27,12 +27,10 @@ from flax import nnx
 
 from jax_impl.core.params import from_canonical, to_canonical
 from jax_impl.core.ssm import SSM, torch_default_linear
-from jax_impl.meta_rl.maml_rl import log_prob
+from jax_impl.meta_rl.maml_rl import canonical_adam_state, load_canonical_adam_state, log_prob
 from jax_impl.meta_rl.native import bandit_transition, linear_baseline, nav2d_transition
 from shared.env_runner.tasks import BernoulliBandits, Nav2DGoals, Task, TaskDistribution
 from shared.incontext import STATE_BASELINE_REG, TrialConfig, augmented_obs_dim
-from shared.layout import torch_to_flax
-from shared.learner import ADAM_MOMENTS, ADAM_STEP, check_optimizer_state
 
 Params = nnx.State
 
@@ -323,32 +321,13 @@ class InContextRL:
     def load_canonical_weights(self, weights: dict[str, np.ndarray]) -> None:
         from_canonical(self.policy, weights)
 
-    def _adam(self) -> optax.ScaleByAdamState:
-        is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
-        return next(x for x in jax.tree.leaves(self.opt_state, is_leaf=is_adam) if is_adam(x))
-
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """Adam's state in the canonical layout of ``shared.learner`` (moments in PyTorch's layout)."""
-        adam = self._adam()
-        out = {ADAM_STEP: np.asarray(int(adam.count), np.int64)}
-        for key, tree in zip(ADAM_MOMENTS, (adam.mu, adam.nu), strict=True):
-            out.update({f"{key}.{name}": value for name, value in to_canonical(tree).items()})
-        return out
+        return canonical_adam_state(self.opt_state)
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        """Set Adam's state from the canonical layout; ``ValueError`` naming what is missing."""
-        names = list(self.canonical_weights())
-        check_optimizer_state(state, names, "load_optimizer_state")
-        adam = self._adam()
-        moments = []
-        for key, tree in zip(ADAM_MOMENTS, (adam.mu, adam.nu), strict=True):
-            moment = jax.tree.map(jnp.copy, tree)
-            values = {name: np.asarray(state[f"{key}.{name}"], jnp.dtype(self.dtype)) for name in names}
-            nnx.replace_by_pure_dict(moment, jax.tree.map(jnp.asarray, torch_to_flax(values)))
-            moments.append(moment)
-        new = adam._replace(count=jnp.asarray(int(state[ADAM_STEP]), adam.count.dtype), mu=moments[0], nu=moments[1])
-        is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
-        self.opt_state = jax.tree.map(lambda x: new if is_adam(x) else x, self.opt_state, is_leaf=is_adam)
+        """Set Adam's state from the canonical layout, exactly; ``ValueError`` naming what is missing or wrong."""
+        self.opt_state = load_canonical_adam_state(self.opt_state, state)
 
     # ----------------------------------------------------------------- evaluation
     def _evaluate_fn(self, params: Params, tasks: jax.Array, key: jax.Array, trials: int, episodes: int,

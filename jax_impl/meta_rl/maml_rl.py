@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from jax_impl.core.params import SplitCache, from_canonical, to_canonical
@@ -124,41 +125,13 @@ class MAMLRL:
         """Set the policy's parameters exactly from canonical ``weights`` (names and shapes are checked)."""
         from_canonical(self.policy, weights)
 
-    def _adam_state(self) -> tuple[Any, int]:
-        """optax's ``ScaleByAdamState`` inside the chain, and its index."""
-        for index, part in enumerate(self.maml.opt_state):
-            if hasattr(part, "mu") and hasattr(part, "nu"):
-                return part, index
-        raise ValueError("the outer optimizer state has no Adam moments (expected optax.adam's ScaleByAdamState)")
-
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """Adam's state in the canonical layout of ``shared.learner`` (moments in PyTorch's layout)."""
-        adam, _ = self._adam_state()
-        out = {ADAM_STEP: np.asarray(int(adam.count), np.int64)}
-        for key, tree in zip(ADAM_MOMENTS, (adam.mu, adam.nu), strict=True):
-            out.update({f"{key}.{name}": value for name, value in to_canonical(tree).items()})
-        return out
+        return canonical_adam_state(self.maml.opt_state)
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         """Set Adam's state from the canonical layout, exactly; ``ValueError`` naming what is missing or wrong."""
-        names = list(self.canonical_weights())
-        check_optimizer_state(state, names, "load_optimizer_state")
-        adam, index = self._adam_state()
-        moments = []
-        for key, tree in zip(ADAM_MOMENTS, (adam.mu, adam.nu), strict=True):
-            expected = to_canonical(tree)
-            values = {name: np.asarray(state[f"{key}.{name}"]) for name in names}
-            for name, value in values.items():
-                if value.shape != expected[name].shape or value.dtype != expected[name].dtype:
-                    raise ValueError(f"load_optimizer_state: {key}.{name} must be {expected[name].dtype} of shape "
-                                     f"{expected[name].shape}, got {value.dtype} {value.shape}")
-            moment = jax.tree.map(jnp.copy, tree)
-            nnx.replace_by_pure_dict(moment, jax.tree.map(jnp.asarray, torch_to_flax(values)))
-            moments.append(moment)
-        count = jnp.asarray(int(state[ADAM_STEP]), adam.count.dtype)
-        parts = list(self.maml.opt_state)
-        parts[index] = adam._replace(count=count, mu=moments[0], nu=moments[1])
-        self.maml.opt_state = type(self.maml.opt_state)(parts)
+        self.maml.opt_state = load_canonical_adam_state(self.maml.opt_state, state)
 
     # ------------------------------------------------------------ acting
     def _act_one(self, params: Params, rest: nnx.State, obs: jax.Array, state: jax.Array) -> tuple:
@@ -254,3 +227,43 @@ class MAMLRL:
 def adapter_loss(model: nnx.Module, batch: tuple[jax.Array, tuple]) -> jax.Array:
     """The policy-gradient loss in the Adapter's ``loss_fn(model, batch)`` form; ``batch = (obs, labels)``."""
     return policy_gradient_loss(model(batch[0]), batch[1])
+
+
+def _adam(opt_state: Any) -> optax.ScaleByAdamState:
+    """optax's ``ScaleByAdamState`` inside an optimizer state (a chain of transforms, or Adam alone)."""
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_adam) if is_adam(x)]
+    if not found:
+        raise ValueError("the outer optimizer state has no Adam moments (expected optax.adam's ScaleByAdamState)")
+    return found[0]
+
+
+def canonical_adam_state(opt_state: Any) -> dict[str, np.ndarray]:
+    """The Adam part of an optax state in the canonical layout of ``shared.learner`` (moments in PyTorch's
+    layout, by canonical parameter name)."""
+    adam = _adam(opt_state)
+    out = {ADAM_STEP: np.asarray(int(adam.count), np.int64)}
+    for key, tree in zip(ADAM_MOMENTS, (adam.mu, adam.nu), strict=True):
+        out.update({f"{key}.{name}": value for name, value in to_canonical(tree).items()})
+    return out
+
+
+def load_canonical_adam_state(opt_state: Any, state: dict[str, np.ndarray]) -> Any:
+    """``opt_state`` with its Adam part set from the canonical layout, exactly; ``ValueError`` naming what is
+    missing, or a moment whose shape or dtype differs from the one it replaces."""
+    adam = _adam(opt_state)
+    check_optimizer_state(state, list(to_canonical(adam.mu)), "load_optimizer_state")
+    moments = []
+    for key, tree in zip(ADAM_MOMENTS, (adam.mu, adam.nu), strict=True):
+        expected = to_canonical(tree)
+        values = {name: np.asarray(state[f"{key}.{name}"]) for name in expected}
+        for name, value in values.items():
+            if value.shape != expected[name].shape or value.dtype != expected[name].dtype:
+                raise ValueError(f"load_optimizer_state: {key}.{name} must be {expected[name].dtype} of shape "
+                                 f"{expected[name].shape}, got {value.dtype} {value.shape}")
+        moment = jax.tree.map(jnp.copy, tree)
+        nnx.replace_by_pure_dict(moment, jax.tree.map(jnp.asarray, torch_to_flax(values)))
+        moments.append(moment)
+    new = adam._replace(count=jnp.asarray(int(state[ADAM_STEP]), adam.count.dtype), mu=moments[0], nu=moments[1])
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+    return jax.tree.map(lambda x: new if is_adam(x) else x, opt_state, is_leaf=is_adam)

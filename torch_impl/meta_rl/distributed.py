@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from shared.scaleout import task_slice
+from shared.scaleout import task_counts, task_slice
 from torch_impl.meta_rl.meta_maml import MetaMAML, Params
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -66,6 +66,17 @@ def parameter_checksum(model: torch.nn.Module) -> int:
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(value.detach().cpu().numpy()).tobytes())
     return int.from_bytes(digest.digest(), "little") >> 1
+
+
+def collective(workers: Any, fn: Any, *args: Any, **kwargs: Any) -> None:
+    """``fn(*args, group=workers.group, **kwargs)``; a failure becomes :class:`WorkerFailure` naming the rank."""
+    try:
+        fn(*args, group=workers.group, **kwargs)
+    except (RuntimeError, dist.DistBackendError) as err:
+        raise WorkerFailure(
+            f"rank {workers.rank}/{workers.world_size}: {fn.__name__} failed; another worker died, hung past the "
+            f"collective timeout or left the group ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from err
 
 
 class DistributedMetaMAML:
@@ -201,10 +212,56 @@ class DistributedMetaMAML:
         return float(loss)
 
     def _collective(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, group=self.group, **kwargs)
-        except (RuntimeError, dist.DistBackendError) as err:
-            raise WorkerFailure(
-                f"rank {self.rank}/{self.world_size}: {fn.__name__} failed; another worker died, hung past the "
-                f"collective timeout or left the group ({type(err).__name__}: {str(err).splitlines()[0]})"
-            ) from err
+        collective(self, fn, *args, **kwargs)
+
+
+class TaskShards:
+    """This process's share of a meta-batch split by task over ``torch.distributed`` ranks.
+
+    The trainers that need the whole batch for a statistic (``torch_impl/meta_rl/incontext.py``
+    normalises advantages over every trial) compute their own tasks (:meth:`mine`), :meth:`gather`
+    the results, and :meth:`sum` their gradients. ``TaskShards()`` is one process holding every task
+    (each call the identity), so one code path serves one process and many.
+
+    Args:
+        group: the process group to split over (with ``world_size > 1``; default: the world).
+        rank, world_size: this process's place; :meth:`from_process_group` reads both from the group.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1, group: Any = None) -> None:
+        task_slice(max(world_size, 1), rank, world_size)  # refuses a rank outside [0, world_size)
+        self.rank, self.world_size, self.group = rank, world_size, group
+
+    @classmethod
+    def from_process_group(cls, group: Any = None) -> TaskShards:
+        """This rank's shards of the initialised process group (``init_distributed`` first)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("TaskShards.from_process_group needs an initialised process group "
+                             "(call init_distributed() under torchrun first)")
+        return cls(dist.get_rank(group), dist.get_world_size(group), group)
+
+    def mine(self, n_tasks: int) -> slice:
+        """The contiguous slice of ``n_tasks`` tasks this rank computes (``shared.scaleout.task_slice``)."""
+        return task_slice(n_tasks, self.rank, self.world_size)
+
+    def gather(self, local: torch.Tensor, n_tasks: int) -> torch.Tensor:
+        """Every rank's ``local (n_mine, ...)`` concatenated in rank order: ``(n_tasks, ...)`` on every rank."""
+        if self.world_size == 1:
+            return local
+        counts = task_counts(n_tasks, self.world_size)
+        padded = local.new_zeros((max(counts), *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        everyone = [torch.empty_like(padded) for _ in counts]
+        self._collective(dist.all_gather, everyone, padded)
+        return torch.cat([part[:count] for part, count in zip(everyone, counts, strict=True)])
+
+    def sum(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor summed over the ranks (one ``all_reduce`` of their concatenation)."""
+        if self.world_size == 1:
+            return tensors
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        self._collective(dist.all_reduce, flat, op=dist.ReduceOp.SUM)
+        return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)]
+
+    def _collective(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        collective(self, fn, *args, **kwargs)

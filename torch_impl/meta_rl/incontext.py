@@ -26,10 +26,10 @@ from torch.func import functional_call, grad, vmap
 from shared.env_runner.envs import NAV2D_MAX_ACTION
 from shared.env_runner.tasks import BernoulliBandits, Nav2DGoals, Task, TaskDistribution
 from shared.incontext import STATE_BASELINE_REG, TrialConfig, augmented_obs_dim
-from shared.learner import ADAM_MOMENTS, ADAM_STEP, check_optimizer_state
 from shared.rl import BASELINE_REG
 from torch_impl.core.ssm import SSM
-from torch_impl.meta_rl.maml_rl import log_prob
+from torch_impl.meta_rl.distributed import TaskShards
+from torch_impl.meta_rl.maml_rl import canonical_adam_state, load_canonical_adam_state, log_prob
 
 Params = dict[str, torch.Tensor]
 
@@ -190,16 +190,36 @@ def task_tensor(distribution: TaskDistribution, tasks: list[Task], dtype: torch.
     return torch.as_tensor(np.array([t[key] for t in tasks]), dtype=dtype)
 
 
+TrialNoise = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def trial_noise(distribution: TaskDistribution, generator: torch.Generator, k: int, trials: int, length: int,
+                dtype: torch.dtype) -> TrialNoise:
+    """All the randomness of ``k`` tasks' trials, drawn at once so that any slice of tasks sees its own.
+
+    ``(actions, rewards)``: bandits: uniforms ``(K, M, L, arms)`` for Gumbel-max sampling and ``(K, M, L)``
+    for the Bernoulli rewards; Nav2D: standard normals ``(K, M, L, 2)`` and ``None`` (the dynamics are
+    deterministic). The same draws as ``shared.native_noise``.
+    """
+    shape = (k, trials, length)
+    if isinstance(distribution, BernoulliBandits):
+        return (torch.rand(*shape, distribution.action_dim, dtype=dtype, generator=generator),
+                torch.rand(*shape, dtype=dtype, generator=generator))
+    return torch.randn(*shape, distribution.action_dim, dtype=dtype, generator=generator), None
+
+
 @torch.no_grad()
 def trial_rollout(policy: nn.Module, params: Params, distribution: TaskDistribution, tasks: torch.Tensor,
-                  generator: torch.Generator, trials: int, episodes: int) -> tuple:
+                  noise: TrialNoise, trials: int, episodes: int) -> tuple:
     """``trials`` trials of ``episodes`` episodes of each task; ``(x (K, M, L, X), actions, rewards (K, M, L))``.
 
-    ``params`` are stacked per task (leading axis ``K``). The state is zero at the trial's start and
-    carried across episode boundaries; the environment is reset at each boundary.
+    ``params`` are stacked per task (leading axis ``K``) and ``noise`` comes from :func:`trial_noise`.
+    The state is zero at the trial's start and carried across episode boundaries; the environment is
+    reset at each boundary.
     """
     bandit = isinstance(distribution, BernoulliBandits)
     k, horizon, dtype = tasks.shape[0], distribution.horizon, tasks.dtype
+    action_noise, reward_noise = noise
     state = torch.zeros(k, trials, policy.ssm.config.state_dim, dtype=dtype)
     obs = torch.zeros(k, trials, distribution.obs_dim, dtype=dtype)
     position = torch.zeros(k, trials, distribution.obs_dim, dtype=dtype)
@@ -214,16 +234,15 @@ def trial_rollout(policy: nn.Module, params: Params, distribution: TaskDistribut
                        torch.full((k, trials, 1), boundary, dtype=dtype)], -1)
         dist, state = vmap(lambda p, xi, si: functional_call(policy, p, (xi, si)))(params, x, state)
         if bandit:
-            action = torch.multinomial(torch.softmax(dist.reshape(k * trials, -1), -1), 1, generator=generator)
-            action = action.reshape(k, trials)
+            action = torch.argmax(dist - torch.log(-torch.log(action_noise[:, :, t])), dim=-1)  # Gumbel-max
             chosen = tasks.gather(1, action)
-            reward = (torch.rand(k, trials, dtype=dtype, generator=generator) < chosen).to(dtype)
+            reward = (reward_noise[:, :, t] < chosen).to(dtype)
             one_hot = F.one_hot(action, tasks.shape[-1]).to(dtype)
             obs = torch.cat([one_hot, reward[..., None]], -1)
             prev_feat = torch.cat([one_hot, one_hot * reward[..., None]], -1)
         else:
             mean, log_std = dist.chunk(2, dim=-1)
-            action = mean + log_std.exp() * torch.randn(mean.shape, dtype=dtype, generator=generator)
+            action = mean + log_std.exp() * action_noise[:, :, t]
             position = position + action.clamp(-NAV2D_MAX_ACTION, NAV2D_MAX_ACTION)
             reward = -torch.linalg.vector_norm(position - tasks[:, None], dim=-1)
             obs, prev_feat = position, action
@@ -232,6 +251,10 @@ def trial_rollout(policy: nn.Module, params: Params, distribution: TaskDistribut
         acts.append(action)
         rews.append(reward)
     return torch.stack(xs, 2), torch.stack(acts, 2), torch.stack(rews, 2)
+
+
+def slice_noise(noise: TrialNoise, tasks: slice) -> TrialNoise:
+    return noise[0][tasks], None if noise[1] is None else noise[1][tasks]
 
 
 # ------------------------------------------------------------------------- the trainer
@@ -246,11 +269,13 @@ class InContextRL:
         inner_lr: the step size of the inner step of the ``"both"`` objective.
         num_inner_steps: the number of inner steps of the ``"both"`` objective.
         max_grad_norm: the meta-gradient's global norm is clipped to this before Adam's step (``None``: no clip).
+        shards: the split of each meta-batch over ``torch.distributed`` ranks
+            (``TaskShards.from_process_group()``; default: one process holding every task).
     """
 
     def __init__(self, policy: InContextPolicy, distribution: TaskDistribution, config: TrialConfig,
                  outer_lr: float = 1e-3, inner_lr: float = 0.1, num_inner_steps: int = 1,
-                 max_grad_norm: float | None = 1.0) -> None:
+                 max_grad_norm: float | None = 1.0, shards: TaskShards | None = None) -> None:
         if not isinstance(distribution, (Nav2DGoals, BernoulliBandits)):
             raise ValueError(f"in-context training covers nav2d and bandit, not {distribution.name!r}")
         if config.objective == "maml":
@@ -263,6 +288,7 @@ class InContextRL:
         self.inner_lr, self.num_inner_steps, self.max_grad_norm = inner_lr, num_inner_steps, max_grad_norm
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=outer_lr)
         self.dtype = policy.encoder.weight.dtype
+        self.shards = shards or TaskShards()
 
     def _params(self) -> Params:
         return {name: p.detach() for name, p in self.policy.named_parameters()}
@@ -280,27 +306,48 @@ class InContextRL:
         return adv.reshape(k, m, -1)
 
     def iteration(self, tasks: list[Task], generator: torch.Generator) -> dict[str, float]:
-        """One meta-iteration on ``tasks``: rollouts, advantages, loss, clipped Adam step."""
-        cfg = self.config
+        """One meta-iteration on ``tasks``: rollouts, advantages, loss, clipped Adam step.
+
+        Under ``torch.distributed`` (``shards``) each rank rolls out and differentiates its own tasks; the
+        advantages are normalised over every rank's trials and the gradients summed, so every rank takes
+        the same step and N ranks compute what one process does, to rounding.
+        """
+        cfg, shards, n = self.config, self.shards, len(tasks)
+        if n < shards.world_size:
+            raise ValueError(f"in-context meta-iteration: {n} tasks over {shards.world_size} ranks; each rank needs "
+                             "at least one task (raise the meta-batch or lower --nproc_per_node)")
+        mine = shards.mine(n)
+        n_mine = mine.stop - mine.start
         task_t = task_tensor(self.distribution, tasks, self.dtype)
+        length = cfg.episodes * self.distribution.horizon
         params = self._params()
-        stacked = self._stack(params, len(tasks))
-        x, actions, rewards = trial_rollout(self.policy, stacked, self.distribution, task_t, generator,
-                                            cfg.trials_per_task, cfg.episodes)
+        stacked = self._stack(params, n)
+        noise = trial_noise(self.distribution, generator, n, cfg.trials_per_task, length, self.dtype)
+        x, actions, rewards = (shards.gather(t, n) for t in trial_rollout(
+            self.policy, self._stack(params, n_mine), self.distribution, task_t[mine],
+            slice_noise(noise, mine), cfg.trials_per_task, cfg.episodes))
         pre = (x, actions, self.advantages(stacked, x, rewards))
-        post_return = 0.0
+        post_return = torch.zeros((), dtype=self.dtype)
         live = dict(self.policy.named_parameters())
+        local = lambda data: tuple(a[mine] for a in data)  # noqa: E731
         if cfg.objective == "incontext":
-            loss = incontext_objective(self.policy, live, *pre)
+            loss = incontext_objective(self.policy, live, *local(pre))
         else:
-            adapted = vmap(lambda *a: adapt(self.policy, params, *a, self.inner_lr, self.num_inner_steps))(*pre)
+            noise = trial_noise(self.distribution, generator, n, cfg.trials_per_task, length, self.dtype)
+            adapted = vmap(lambda *a: adapt(self.policy, params, *a, self.inner_lr, self.num_inner_steps))(
+                *local(pre))
             adapted = {name: p.detach() for name, p in adapted.items()}
-            q_x, q_actions, q_rewards = trial_rollout(self.policy, adapted, self.distribution, task_t, generator,
-                                                      cfg.trials_per_task, cfg.episodes)
-            post = (q_x, q_actions, self.advantages(adapted, q_x, q_rewards))
-            loss = combined_objective(self.policy, live, pre, post, self.inner_lr, self.num_inner_steps)
-            post_return = float(q_rewards.sum(-1).mean())
-        grads = torch.autograd.grad(loss, list(live.values()))
+            q_x, q_actions, q_rewards = (shards.gather(t, n) for t in trial_rollout(
+                self.policy, adapted, self.distribution, task_t[mine], slice_noise(noise, mine),
+                cfg.trials_per_task, cfg.episodes))
+            every_adapted = {name: shards.gather(p, n) for name, p in adapted.items()}
+            post = (q_x, q_actions, self.advantages(every_adapted, q_x, q_rewards))
+            loss = combined_objective(self.policy, live, local(pre), local(post), self.inner_lr,
+                                      self.num_inner_steps)
+            post_return = q_rewards.sum(-1).mean()
+        share = n_mine / n  # this rank's tasks' weight in the mean over all tasks
+        grads = torch.autograd.grad(loss * share, list(live.values()))
+        loss, *grads = shards.sum([(loss * share).detach(), *grads])
         if not (torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)):
             raise ValueError("in-context meta-iteration: the loss or gradient is NaN/Inf; the policy was not changed")
         for p, g in zip(live.values(), grads, strict=True):
@@ -309,7 +356,7 @@ class InContextRL:
             nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": float(loss.detach()), "pre_return": float(rewards.sum(-1).mean()), "post_return": post_return}
+        return {"loss": float(loss), "pre_return": float(rewards.sum(-1).mean()), "post_return": float(post_return)}
 
     # ----------------------------------------------------------------- canonical state (resume, checkpoints)
     backend = "torch"
@@ -326,30 +373,11 @@ class InContextRL:
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """Adam's state in the canonical layout of ``shared.learner`` (zeros before the first step)."""
-        out = {ADAM_STEP: np.asarray(0, np.int64)}
-        for name, p in self.policy.named_parameters():
-            state = self.optimizer.state.get(p, {})
-            if "step" in state:
-                out[ADAM_STEP] = np.asarray(int(state["step"]), np.int64)
-            for key in ADAM_MOMENTS:
-                moment = state.get(key.removeprefix("adam."))
-                out[f"{key}.{name}"] = (np.zeros(tuple(p.shape), self.dtype_name) if moment is None
-                                        else moment.detach().cpu().numpy().copy())
-        return out
+        return canonical_adam_state(self.optimizer, dict(self.policy.named_parameters()))
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        """Set Adam's state from the canonical layout; ``ValueError`` naming what is missing."""
-        params = dict(self.policy.named_parameters())
-        check_optimizer_state(state, list(params), "load_optimizer_state")
-        step = int(state[ADAM_STEP])
-        self.optimizer.state.clear()
-        if step == 0:
-            return
-        for name, p in params.items():
-            entry = {"step": torch.tensor(float(step))}
-            for key in ADAM_MOMENTS:
-                entry[key.removeprefix("adam.")] = torch.as_tensor(np.asarray(state[f"{key}.{name}"]), dtype=p.dtype)
-            self.optimizer.state[p] = entry
+        """Set Adam's state from the canonical layout, exactly; ``ValueError`` naming what is missing or wrong."""
+        load_canonical_adam_state(self.optimizer, dict(self.policy.named_parameters()), state)
 
     def evaluate(self, tasks: list[Task], generator: torch.Generator, trials: int = 1, episodes: int | None = None,
                  adapt_steps: int = 0) -> dict[str, np.ndarray]:
@@ -359,13 +387,15 @@ class InContextRL:
         task_t = task_tensor(self.distribution, tasks, self.dtype)
         params = self._params()
         stacked = self._stack(params, len(tasks))
-        x, actions, rewards = trial_rollout(self.policy, stacked, self.distribution, task_t, generator, trials,
-                                            episodes)
+        length = episodes * self.distribution.horizon
+        noise = trial_noise(self.distribution, generator, len(tasks), trials, length, self.dtype)
+        x, actions, rewards = trial_rollout(self.policy, stacked, self.distribution, task_t, noise, trials, episodes)
         post = rewards
         if adapt_steps:
             pre = (x, actions, self.advantages(stacked, x, rewards))
             adapted = vmap(lambda *a: adapt(self.policy, params, *a, self.inner_lr, adapt_steps))(*pre)
             adapted = {name: p.detach() for name, p in adapted.items()}
-            _, _, post = trial_rollout(self.policy, adapted, self.distribution, task_t, generator, trials, episodes)
+            noise = trial_noise(self.distribution, generator, len(tasks), trials, length, self.dtype)
+            _, _, post = trial_rollout(self.policy, adapted, self.distribution, task_t, noise, trials, episodes)
         return {"rewards": rewards.numpy(), "actions": actions.numpy(), "adapted_rewards": post.numpy()}
 

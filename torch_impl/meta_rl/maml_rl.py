@@ -135,36 +135,11 @@ class MAMLRL:
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """Adam's state in the canonical layout of ``shared.learner`` (zeros before the first step)."""
-        optimizer = self.maml.optimizer
-        out = {ADAM_STEP: np.asarray(0, np.int64)}
-        for name, p in self.maml.trainable_parameters().items():
-            state = optimizer.state.get(p, {})
-            if "step" in state:
-                out[ADAM_STEP] = np.asarray(int(state["step"]), np.int64)
-            for key in ADAM_MOMENTS:
-                moment = state.get(key.removeprefix("adam."))
-                out[f"{key}.{name}"] = (np.zeros(tuple(p.shape), self.dtype_name) if moment is None
-                                        else moment.detach().cpu().numpy().copy())
-        return out
+        return canonical_adam_state(self.maml.optimizer, self.maml.trainable_parameters())
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         """Set Adam's state from the canonical layout, exactly; ``ValueError`` naming what is missing or wrong."""
-        params = self.maml.trainable_parameters()
-        check_optimizer_state(state, list(params), "load_optimizer_state")
-        step = int(state[ADAM_STEP])
-        optimizer = self.maml.optimizer
-        optimizer.state.clear()
-        if step == 0:
-            return
-        for name, p in params.items():
-            entry = {"step": torch.tensor(float(step), dtype=_step_dtype())}
-            for key in ADAM_MOMENTS:
-                value = np.asarray(state[f"{key}.{name}"])
-                if value.shape != tuple(p.shape) or value.dtype != np.dtype(self.dtype_name):
-                    raise ValueError(f"load_optimizer_state: {key}.{name} must be {self.dtype_name} of shape "
-                                     f"{tuple(p.shape)}, got {value.dtype} {value.shape}")
-                entry[key.removeprefix("adam.")] = torch.from_numpy(value.copy()).to(p.device)
-            optimizer.state[p] = entry
+        load_canonical_adam_state(self.maml.optimizer, self.maml.trainable_parameters(), state)
 
     # ------------------------------------------------------------ acting
     def act_fn(self, params: list[Params], episodes_per_task: int) -> Any:
@@ -276,6 +251,43 @@ class MAMLRL:
     def adapter_step(self, adapter: Any, batch: RLBatch | Batch) -> dict[str, Any]:
         """One Adapter update on the policy-gradient loss of ``batch``."""
         return adapter.update_step(adapter_loss, self.convert(batch))
+
+
+def canonical_adam_state(optimizer: torch.optim.Optimizer, params: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """``torch.optim.Adam``'s state of ``params`` (by name) in the canonical layout of ``shared.learner``
+    (the step count and both moments; zeros before the first step)."""
+    out = {ADAM_STEP: np.asarray(0, np.int64)}
+    for name, p in params.items():
+        state = optimizer.state.get(p, {})
+        if "step" in state:
+            out[ADAM_STEP] = np.asarray(int(state["step"]), np.int64)
+        for key in ADAM_MOMENTS:
+            moment = state.get(key.removeprefix("adam."))
+            out[f"{key}.{name}"] = (np.zeros(tuple(p.shape), str(p.dtype).removeprefix("torch.")) if moment is None
+                                    else moment.detach().cpu().numpy().copy())
+    return out
+
+
+def load_canonical_adam_state(optimizer: torch.optim.Optimizer, params: dict[str, torch.Tensor],
+                              state: dict[str, np.ndarray]) -> None:
+    """Set ``optimizer``'s state of ``params`` from the canonical layout, exactly; ``ValueError`` naming what is
+    missing, or a moment whose shape or dtype differs from its parameter's. Nothing changes on an error."""
+    check_optimizer_state(state, list(params), "load_optimizer_state")
+    step = int(state[ADAM_STEP])
+    entries = {}
+    for name, p in params.items():
+        entry = {"step": torch.tensor(float(step), dtype=_step_dtype())}
+        dtype = str(p.dtype).removeprefix("torch.")
+        for key in ADAM_MOMENTS:
+            value = np.asarray(state[f"{key}.{name}"])
+            if value.shape != tuple(p.shape) or value.dtype != np.dtype(dtype):
+                raise ValueError(f"load_optimizer_state: {key}.{name} must be {dtype} of shape "
+                                 f"{tuple(p.shape)}, got {value.dtype} {value.shape}")
+            entry[key.removeprefix("adam.")] = torch.from_numpy(value.copy()).to(p.device)
+        entries[p] = entry
+    optimizer.state.clear()
+    if step:
+        optimizer.state.update(entries)
 
 
 def _step_dtype() -> torch.dtype:
