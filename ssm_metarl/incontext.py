@@ -241,9 +241,14 @@ def finish(session: Any, compile_seconds: float, final: Path) -> dict[str, Any]:
     plots.learning_curve(metrics, report_config(config), directory / "learning_curve.png")
     write_json(directory / "evaluation.json", report)  # last: its presence marks the run complete
     session.resume_path.unlink(missing_ok=True)
+    print_evaluation(report, config, final)
+    return report
+
+
+def print_evaluation(report: dict[str, Any], config: Any, where: Path) -> None:
+    """The held-out in-context returns (and regret), one line each, then where the results are."""
     print(f"\nheld-out {config.task}: in-context returns over {config.eval_tasks} tasks (± s.e.)")
     for key, value in report.items():
         if isinstance(value, dict) and "mean" in value:
             print(f"  {key:<24} {value['mean']:>9.2f} ± {value['se']:.2f}")
-    print(f"results: {final}")
-    return report
+    print(f"results: {where}")

@@ -72,7 +72,9 @@ def load_checkpoint(path: Path, backend: str | None = None) -> tuple[Any, TrainC
 
 
 def evaluate_checkpoint(path: Path, backend: str | None, output: Path | None) -> dict[str, Any]:
-    """Re-run the held-out evaluation; writes ``evaluation_<backend>.json`` and ``adaptation_<backend>.png``.
+    """Re-run the held-out evaluation; writes ``evaluation_<backend>.json`` and ``adaptation_<backend>.png``
+    (for an in-context checkpoint: the returns of each episode of a trial, after 0-3 inner steps, and for
+    bandits the regret, as ``ssm-metarl train`` reports them; no adaptation plot).
 
     The training run's own ``evaluation.json`` and ``adaptation.png`` are never touched.
     """
@@ -81,11 +83,20 @@ def evaluate_checkpoint(path: Path, backend: str | None, output: Path | None) ->
     learner, config, distribution = load_checkpoint(path, backend)
     print(f"evaluating {path} with the {config.backend} backend "
           f"({config.eval_tasks} held-out tasks, {config.eval_episodes} episodes each)")
-    report = run_evaluation(learner, config, distribution)
+    maml = config.objective == "maml"
+    if maml:
+        report = run_evaluation(learner, config, distribution)
+    else:
+        from ssm_metarl import incontext
+        report = incontext.evaluation(learner, config, distribution)
     report = {"run": run_info(config.backend), "config": report_config(config), "checkpoint": str(path),
               "return": RETURN_MEANING.get(config.task, ""), **report}
     target.mkdir(parents=True, exist_ok=True)
-    plots.adaptation(report, report_config(config), config.backend, target / f"adaptation_{config.backend}.png")
+    if maml:
+        plots.adaptation(report, report_config(config), config.backend, target / f"adaptation_{config.backend}.png")
     write_json(target / f"evaluation_{config.backend}.json", report)
-    print_report(report, distribution, target)
+    if maml:
+        print_report(report, distribution, target)
+    else:
+        incontext.print_evaluation(report, config, target)
     return report

@@ -151,6 +151,15 @@ def test_train_with_the_incontext_objective_writes_a_checkpoint_and_an_evaluatio
     assert spec.family == "bandit" and trial.episodes == 2 and isinstance(policy, jax_ic.InContextPolicy)
 
 
+def test_evaluate_reruns_the_incontext_evaluation_of_a_train_checkpoint(incontext_run, tmp_path) -> None:
+    _, out = incontext_run
+    assert cli.main(["evaluate", str(out / "checkpoint.safetensors"), "--output", str(tmp_path)]) == 0
+    trained = json.loads((out / "evaluation.json").read_text())
+    again = json.loads((tmp_path / "evaluation_torch.json").read_text())
+    for key in ("episode_1", "episode_2", "after_0_steps", "after_3_steps", "regret"):
+        assert again[key] == trained[key], key  # same backend, same seeds: the same numbers
+
+
 def test_study_measures_each_supported_axis_and_skips_the_others_with_a_reason(incontext_run, tmp_path,
                                                                               capsys) -> None:
     _, out = incontext_run
