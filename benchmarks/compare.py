@@ -116,9 +116,10 @@ def worker(threads: int, device: str, quick: bool, compile_torch: bool, out: Pat
     rl_compile: dict[str, float] = {}
     if "rl_iteration" in cases:
         tasks, episodes = sizes["rl"]
-        run("rl_iteration", f"{tasks}x{episodes}x100", w.rl_iteration(tasks, episodes, torch_compile=compile_torch))
-        # compile seconds of the native paths, reported apart from the steady-state medians
+        # compile seconds of the native paths, reported apart from the steady-state medians; measured first,
+        # because torch.compile's cache would make a later measurement read 0 s for PyTorch
         rl_compile = w.rl_compile_seconds(tasks, episodes, ("torch", "jax") if compile_torch else ("jax",))
+        run("rl_iteration", f"{tasks}x{episodes}x100", w.rl_iteration(tasks, episodes, torch_compile=compile_torch))
     memory: dict[str, Any] = {"jax_floor_temp_bytes": {}, "torch_peak_rss_bytes": {}}
     for k in sizes["memory_ks"] if "memory" in cases and memory else []:
         memory["jax_floor_temp_bytes"][k] = w.maml_memory_jax(d, k)

@@ -87,7 +87,8 @@ def maml_tables(rows: list[dict]) -> list[str]:
     return lines
 
 
-def other_tables(rows: list[dict]) -> list[str]:
+def other_tables(rows: list[dict], rl_compile: dict[str, float] | None = None) -> list[str]:
+    """Scan, step and MAML-RL rows; ``rl_compile``: seconds each native path spent compiling (shown beside it)."""
     if not any(r["case"] in ("sequence_forward", "ssm_step", "adapter_step", "rl_iteration") for r in rows):
         return []
     lines = ["", "| case | size | torch (ms) | jax (ms) | note |", "|---|---|---|---|---|"]
@@ -107,7 +108,10 @@ def other_tables(rows: list[dict]) -> list[str]:
         if r["case"] == "rl_iteration":
             side = framework(r["contender"])
             cells = (f"{fmt(r['median_s'])}", "") if side == "torch" else ("", f"{fmt(r['median_s'])}")
-            lines.append(f"| MAML-RL iteration | {r['size']} | {cells[0]} | {cells[1]} | {r['contender']} |")
+            compiled = (rl_compile or {}).get(f"{side} native") if "native" in r["contender"] \
+                and "eager" not in r["contender"] else None
+            note = r["contender"] + (f" (compile {compiled:.1f} s, apart)" if compiled else "")
+            lines.append(f"| MAML-RL iteration | {r['size']} | {cells[0]} | {cells[1]} | {note} |")
     return lines
 
 
@@ -123,7 +127,7 @@ def headline(payload: dict[str, Any]) -> str:
                      + ("" if env.get("torch_compile_in_this_process", True) else "; no torch.compile in this run")
                      + ")")
         lines += maml_tables(rows)
-        lines += other_tables(rows)
+        lines += other_tables(rows, run.get("rl_compile_seconds"))
     return "\n".join(lines)
 
 

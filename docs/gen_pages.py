@@ -183,6 +183,68 @@ def best_against_best() -> str:
             "`torch.func` + `vmap` under `torch.compile`.")
 
 
+FLOOR_TARGET = 1.2  # ours / floor, per mode (the twins' speed contract)
+
+
+def floor_ratios() -> str:
+    """Ours over the floor of the same framework and mode, per task count and order, one thread; over the
+    target in bold. JAX's floor is the faster of its two weight layouts."""
+    payload = load("meta_update_1thread.json")
+    summary = payload["summary"]["1_threads"]
+    rows = ["| ours / floor | order | " + " | ".join(f"{s} tasks" for s in sorted(summary["meta_update_second"],
+                                                                                   key=int)) + " |"]
+    rows.append("|---|---" + "|---" * len(summary["meta_update_second"]) + "|")
+    modes = (("PyTorch `compile=True` / compiled `torch.func` floor", lambda e: e["torch compiled / floor compiled"]),
+             ("PyTorch `vectorize=True` (eager) / eager floor", lambda e: e["torch vmap / floor eager"]),
+             ("JAX / faster JAX floor", lambda e: max(e["jax ours / floor (in,out)"], e["jax ours / floor (out,in)"])))
+    for label, ratio in modes:
+        for order in ("second", "first"):
+            case = summary[f"meta_update_{order}"]
+            cells = []
+            for size in sorted(case, key=int):
+                r = ratio(case[size])
+                cells.append("n/a" if r is None else f"**{r:.2f}**" if round(r, 2) > FLOOR_TARGET else f"{r:.2f}")
+            rows.append(f"| {label} | {order} | " + " | ".join(cells) + " |")
+    env = payload["runs"][0]["environment"]
+    reps = max(r["reps"] or 0 for r in payload["runs"][0]["results"])
+    return "\n".join([*rows, "", f"Target: at most {FLOOR_TARGET}x (over it in bold). Medians of "
+                       f"{reps} calls after warm-up, every contender in one run "
+                       f"on a {env['cpu_count']}-core {env['cpu']} CPU at {env['threads']} thread; source "
+                       "`benchmarks/results/meta_update_1thread.json` (`ssm-metarl bench --cases meta_update "
+                       "--threads 1 --name meta_update_1thread`)."])
+
+
+RUNNER_TARGET_MS, NATIVE_TARGET = 250.0, 1.2  # PyTorch runner iteration; PyTorch native / JAX native
+
+
+def rl_iteration() -> str:
+    """One Nav2D MAML-RL meta-iteration per contender and thread setting, compile apart, and the two targets."""
+    payload = load("full.json")
+    rows = ["| threads | contender | median (ms) | compile (s, apart) |", "|---|---|---|---|"]
+    verdicts = []
+    for run in payload["runs"]:
+        threads, compiled = run["environment"]["threads"], run.get("rl_compile_seconds", {})
+        timed = {r["contender"]: r["median_s"] * 1e3 for r in run["results"]
+                 if r["case"] == "rl_iteration" and r["median_s"] is not None}
+        for name, ms in timed.items():
+            side = "torch" if name.startswith("torch") else "jax"
+            seconds = compiled.get(f"{side} native") if "native" in name and "eager" not in name else None
+            rows.append(f"| {threads} | {name} | {ms:.1f} | {'' if seconds is None else f'{seconds:.1f}'} |")
+        torch_native = next((v for k, v in timed.items() if k.startswith("torch native")), None)
+        jax_native = next((v for k, v in timed.items() if k.startswith("jax native")), None)
+        if torch_native and jax_native:
+            ratio = torch_native / jax_native
+            verdicts.append(f"{threads} thread(s): PyTorch native / JAX native = {ratio:.2f}x (target "
+                            f"{NATIVE_TARGET}x: {'met' if ratio <= NATIVE_TARGET else 'missed'})")
+        if threads == 1 and "torch runner" in timed:
+            ms = timed["torch runner"]
+            verdicts.append(f"PyTorch runner on one core: {ms:.0f} ms (target {RUNNER_TARGET_MS:.0f} ms: "
+                            f"{'met' if ms <= RUNNER_TARGET_MS else 'missed'})")
+    size = next(r["size"] for r in payload["runs"][0]["results"] if r["case"] == "rl_iteration")
+    return "\n".join([*rows, "", f"Nav2D, {size} (tasks × episodes × steps), medians after warm-up; "
+                       + "; ".join(verdicts) + ". Source: `benchmarks/results/full.json` (`ssm-metarl bench`)."])
+
+
 def scan_ratios() -> str:
     """Parallel over sequential scan time per sequence length, both frameworks, one thread."""
     summary = load("full.json")["summary"]["1_threads"]
@@ -324,8 +386,8 @@ def _study_source() -> str:
                       for c in report["checkpoints"])
     return (f"{cfg['tasks']} held-out tasks × {cfg['trials']} trials, {cfg['backend']}; checkpoints {names} "
             "(`benchmarks/results/incontext/`), those of one family and mechanism averaged as seeds; ± is the "
-            "standard error over tasks; wall times are per task and adaptation, compile excluded, on a shared CPU "
-            "under load. Source: `benchmarks/results/incontext/study/study.json`.")
+            "standard error over tasks; wall times are per task and adaptation, compile excluded, on the 2-core "
+            "CPU that ran it. Source: `benchmarks/results/incontext/study/study.json`.")
 
 
 def study_mechanisms() -> str:
@@ -379,7 +441,7 @@ def study_readme() -> str:
                          f"{s['gain_per_second']:.1f} |")
     cfg = load(STUDY)["config"]
     return "\n".join([*lines, "", f"Held-out return gained over no test-time compute ({cfg['tasks']} held-out "
-                      "tasks), per 1000 environment steps and per second of wall time (a shared CPU under load); in "
+                      "tasks), per 1000 environment steps and per second of wall time (on a 2-core CPU); in "
                       "bold, the family's best buy. Source: `benchmarks/results/incontext/study/study.json`."])
 
 
@@ -503,6 +565,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "benchmark-runs": benchmark_runs,
     "benchmarks-full": benchmarks_full, "benchmarks-meta-update": benchmarks_meta_update,
     "best-against-best": best_against_best, "metamaml-modes": metamaml_modes, "scan-ratios": scan_ratios,
+    "floor-ratios": floor_ratios, "rl-iteration": rl_iteration,
     "scaling": scaling, "scaling-summary": scaling_summary,
     "parity": parity, "parity-worst": parity_worst,
     "study-mechanisms": study_mechanisms, "study-winners": study_winners, "study-readme": study_readme,

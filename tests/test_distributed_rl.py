@@ -143,3 +143,18 @@ def test_torchrun_incontext_training_on_two_ranks_equals_one_process(tmp_path: P
                      "weights": weights})
     comparison = compare_trees(*runs)
     assert comparison.passes(1e-5), comparison.report(1e-5)  # float32 policy: the fp32 contract row
+
+
+def test_task_shards_of_one_process_hold_every_task_and_refuse_a_bad_place() -> None:
+    import torch
+
+    from torch_impl.meta_rl.distributed import TaskShards
+
+    one = TaskShards()
+    x = torch.arange(6.0).reshape(3, 2)
+    assert one.mine(3) == slice(0, 3) and one.gather(x, 3) is x and one.sum([x])[0] is x
+    assert TaskShards(1, 2).mine(5) == slice(3, 5)
+    with pytest.raises(ValueError, match="rank must be"):
+        TaskShards(2, 2)
+    with pytest.raises(ValueError, match="initialised process group"):
+        TaskShards.from_process_group()
