@@ -23,6 +23,7 @@ from torch_impl.meta_rl import incontext as torch_ic
 
 TRIAL_TASKS, TRIALS, EPISODES, HORIZON = 3, 2, 2, 8
 INNER_LR = 0.1
+ENTROPY_WEIGHT = 0.05  # the losses carry the entropy bonus, so the parity rows cover it
 
 
 def twin_policies(dist: TaskDistribution, dtype: str, state_dim: int, hidden_dim: int,
@@ -85,11 +86,11 @@ def incontext_losses(setup) -> list:
         t_params = {name: p.detach().clone().requires_grad_(True) for name, p in t_policy.named_parameters()}
         graphdef, j_params, rest = nnx.split(j_policy, nnx.Param, ...)
 
-        t_loss = torch_ic.incontext_objective(t_policy, t_params, *t_pre)
+        t_loss = torch_ic.incontext_objective(t_policy, t_params, *t_pre, ENTROPY_WEIGHT)
         t_grads = dict(zip(t_params, torch.autograd.grad(t_loss, list(t_params.values())), strict=True))
-        j_loss, j_grads = jax.jit(jax.value_and_grad(jax_ic.incontext_objective, argnums=1), static_argnums=0)(
-            graphdef, j_params, rest, *j_pre)
-        rows.append(row(f"in-context trial loss ({family})", dtype, "pg_loss",
+        j_loss, j_grads = jax.jit(jax.value_and_grad(jax_ic.incontext_objective, argnums=1), static_argnums=(0, 6))(
+            graphdef, j_params, rest, *j_pre, ENTROPY_WEIGHT)
+        rows.append(row(f"in-context trial loss with entropy bonus ({family})", dtype, "pg_loss",
                         compare_trees(np.asarray(j_loss), t_loss.detach().numpy())))
         rows.append(row(f"in-context trial loss gradient ({family})", dtype, "gradients",
                         compare_trees(to_canonical(j_grads), {n: g.numpy() for n, g in t_grads.items()})))
@@ -97,10 +98,11 @@ def incontext_losses(setup) -> list:
         # The post-adaptation trials: the same recordings, reversed over tasks (any fixed data will do).
         t_post = tuple(torch.flip(a, (0,)) for a in t_pre)
         j_post = tuple(jnp.flip(a, 0) for a in j_pre)
-        t_loss = torch_ic.combined_objective(t_policy, t_params, t_pre, t_post, INNER_LR, 1)
+        t_loss = torch_ic.combined_objective(t_policy, t_params, t_pre, t_post, INNER_LR, 1, ENTROPY_WEIGHT)
         t_grads = dict(zip(t_params, torch.autograd.grad(t_loss, list(t_params.values())), strict=True))
-        j_loss, j_grads = jax.jit(jax.value_and_grad(jax_ic.combined_objective, argnums=1), static_argnums=(0, 5, 6))(
-            graphdef, j_params, rest, j_pre, j_post, INNER_LR, 1)
+        j_loss, j_grads = jax.jit(jax.value_and_grad(jax_ic.combined_objective, argnums=1),
+                                  static_argnums=(0, 5, 6, 7))(graphdef, j_params, rest, j_pre, j_post, INNER_LR, 1,
+                                                               ENTROPY_WEIGHT)
         rows.append(row(f"combined (in-context + inner step) loss ({family})", dtype, "pg_loss",
                         compare_trees(np.asarray(j_loss), t_loss.detach().numpy())))
         rows.append(row(f"combined loss gradient, second order ({family})", dtype, "rl",

@@ -91,6 +91,8 @@ class TrialConfig:
             has learned in the trial), ``"time"`` (the batch mean of the return-to-go at each step,
             across tasks) or ``"linear"`` (the linear feature baseline on the augmented observation).
         trials_per_task: trials sampled per task and meta-iteration.
+        entropy: weight of the policy's mean entropy, subtracted from the outer loss (an entropy bonus
+            against an early collapse to a near-deterministic policy); the inner step does not use it.
     """
 
     objective: str = "incontext"
@@ -98,6 +100,7 @@ class TrialConfig:
     discount: float = 0.99
     baseline: str = "state"
     trials_per_task: int = 4
+    entropy: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -109,6 +112,9 @@ class TrialConfig:
             raise ValueError(f"discount must be a number in (0, 1], got {self.discount!r}")
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {list(BASELINES)}, got {self.baseline!r}")
+        if isinstance(self.entropy, bool) or not isinstance(self.entropy, (int, float)) or not (
+                0.0 <= self.entropy < float("inf")):
+            raise ValueError(f"entropy must be a finite number >= 0, got {self.entropy!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -105,6 +105,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                        help=f"in-context objectives: discount over the whole trial (default: {d.trial_discount})")
     train.add_argument("--trial-baseline", type=str, **field,
                        help=f"in-context objectives: state, time or linear (default: {d.trial_baseline})")
+    train.add_argument("--trial-entropy", type=float, **field,
+                       help=f"in-context objectives: weight of the entropy bonus in the outer loss "
+                            f"(default: {d.trial_entropy})")
     train.add_argument("--rollouts", choices=["runner", "native"], **field,
                        help="runner: gymnasium environments through the backend-neutral runner; native: the "
                             "dynamics written in the framework, one compiled program per meta-iteration "
@@ -194,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 CONFIG_FLAGS = ("backend", "task", "iterations", "meta_batch", "episodes", "state_dim", "hidden_dim", "inner_lr",
                 "outer_lr", "init_log_std", "r_min", "r_max", "seeds", "eval_tasks", "eval_episodes", "rollouts",
-                "objective", "trial_episodes", "trial_discount", "trial_baseline")
+                "objective", "trial_episodes", "trial_discount", "trial_baseline", "trial_entropy")
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -157,7 +157,7 @@ def train(backend: str, spec: PolicySpec, config: TrialConfig, iterations: int, 
 def trial_config(config: Any) -> TrialConfig:
     """The :class:`TrialConfig` of a ``TrainConfig`` whose objective is ``incontext`` or ``both``."""
     return TrialConfig(config.objective, config.trial_episodes, config.trial_discount, config.trial_baseline,
-                       config.episodes)
+                       config.episodes, config.trial_entropy)
 
 
 def policy_spec(config: Any) -> PolicySpec:

@@ -62,6 +62,7 @@ class TrainConfig:
     trial_episodes: int = 2  # in-context objectives: episodes per trial (the state carries across them)
     trial_discount: float = 0.99
     trial_baseline: str = "state"
+    trial_entropy: float = 0.0  # in-context objectives: weight of the entropy bonus in the outer loss
 
     def __post_init__(self) -> None:
         check_objective(self)
@@ -114,6 +115,9 @@ def check_objective(config: TrainConfig) -> None:
     if config.trial_baseline not in BASELINES:
         raise ValueError(f"--trial-baseline (trial_baseline) must be one of {list(BASELINES)}, "
                          f"got {config.trial_baseline!r}")
+    weight = config.trial_entropy
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < float("inf"):
+        raise ValueError(f"--trial-entropy (trial_entropy) must be a finite number >= 0, got {weight!r}")
     if config.objective != "maml" and config.task not in NATIVE_TASKS:
         raise ValueError(f"--objective {config.objective} runs on the in-graph dynamics of {list(NATIVE_TASKS)}, "
                          f"not on task {config.task!r}")

@@ -71,6 +71,8 @@ def deferred_interrupt() -> Iterator[list[bool]]:
 def check_resumable(saved: dict[str, Any], config: TrainConfig, where: str) -> None:
     """``saved`` (a resume checkpoint's config) continues as ``config``: only the backend may differ."""
     wanted = dataclasses.asdict(config)
+    # a field added since the checkpoint was written counts as its default
+    saved = {**{f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in saved}, **saved}
     differ = sorted(k for k in set(saved) | set(wanted)
                     if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != wanted.get(k, "<absent>"))
     if differ:

@@ -52,9 +52,32 @@ def test_the_memory_carries_across_episode_boundaries() -> None:
     assert not np.allclose(np.asarray(whole_trial[:, 4:]), np.asarray(second_episode_alone))
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_entropy_bonus_subtracts_its_weight_times_the_mean_entropy(family: str) -> None:
+    dist = FAMILIES[family]
+    policy = torch_ic.InContextPolicy(dist.obs_dim, dist.action_dim, dist.discrete, 4, 8, "cpu",
+                                      dtype=torch.float64)
+    params = dict(policy.named_parameters())
+    x = torch.randn(2, 8, policy.augmented_dim, dtype=torch.float64)
+    actions = torch.randint(dist.action_dim, (2, 8)) if dist.discrete else torch.randn(2, 8, 2, dtype=torch.float64)
+    adv = torch.randn(2, 8, dtype=torch.float64)
+    dist_params, _ = policy(x)
+    entropy = torch_ic.entropy(dist_params, dist.discrete)
+    if dist.discrete:  # against torch.distributions
+        expected = torch.distributions.Categorical(logits=dist_params).entropy()
+    else:
+        mean, log_std = dist_params.chunk(2, -1)
+        expected = torch.distributions.Normal(mean, log_std.exp()).entropy().sum(-1)
+    torch.testing.assert_close(entropy, expected)
+    plain = torch_ic.trial_loss(policy, params, x, actions, adv)
+    torch.testing.assert_close(torch_ic.trial_loss(policy, params, x, actions, adv, 0.3),
+                               plain - 0.3 * entropy.mean())
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("objective", "rl2", "objective must be one of"), ("episodes", 0, "episodes"),
-    ("discount", 0.0, "discount"), ("baseline", "critic", "baseline must be one of")])
+    ("discount", 0.0, "discount"), ("baseline", "critic", "baseline must be one of"),
+    ("entropy", -0.1, "entropy must be")])
 def test_trial_config_refuses_bad_values_by_name(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrialConfig(**{field: value})
@@ -121,7 +144,8 @@ def test_nav2d_oracle_beats_random() -> None:
 @pytest.mark.parametrize("flags, message", [
     (["--objective", "reptile"], "--objective"), (["--objective", "incontext", "--trial-episodes", "0"],
                                                  "--trial-episodes"),
-    (["--objective", "both", "--trial-episodes", "-2"], "--trial-episodes")])
+    (["--objective", "both", "--trial-episodes", "-2"], "--trial-episodes"),
+    (["--objective", "incontext", "--trial-entropy", "-1"], "--trial-entropy")])
 def test_train_refuses_bad_objectives_and_trial_lengths_naming_the_flag(flags: list[str], message: str, tmp_path,
                                                                        capsys) -> None:
     assert cli.main(["train", *flags, "--output", str(tmp_path / "run")]) == 2

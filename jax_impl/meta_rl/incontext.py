@@ -17,6 +17,7 @@ observation width, ``S`` the SSM state width.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -126,18 +127,32 @@ def trial_advantages(hidden: jax.Array, x: jax.Array, rewards: jax.Array, discou
 
 
 # ------------------------------------------------------------------------- losses
-def trial_loss(policy: nnx.Module, x: jax.Array, actions: jax.Array, advantages: jax.Array) -> jax.Array:
-    """REINFORCE surrogate ``-mean(log pi(a_t | x_<=t) A_t)`` over trials ``x (N, L, X)`` from zero state."""
+def entropy(dist_params: jax.Array, discrete: bool) -> jax.Array:
+    """The entropy of each step's action distribution, ``(...)``: categorical logits or ``[mean, log_std]``."""
+    if discrete:
+        logp = jax.nn.log_softmax(dist_params, -1)
+        return -(jnp.exp(logp) * logp).sum(-1)
+    _, log_std = jnp.split(dist_params, 2, axis=-1)
+    return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+
+
+def trial_loss(policy: nnx.Module, x: jax.Array, actions: jax.Array, advantages: jax.Array,
+               entropy_weight: float = 0.0) -> jax.Array:
+    """REINFORCE surrogate ``-mean(log pi(a_t | x_<=t) A_t)`` over trials ``x (N, L, X)`` from zero state,
+    less ``entropy_weight`` times the mean entropy."""
     dist, _ = policy(x)
-    return -(log_prob(dist, actions) * advantages).mean()
+    loss = -(log_prob(dist, actions) * advantages).mean()
+    if entropy_weight:
+        loss = loss - entropy_weight * entropy(dist, policy.discrete).mean()
+    return loss
 
 
 def incontext_objective(graphdef: nnx.GraphDef, params: Params, rest: nnx.State, x: jax.Array, actions: jax.Array,
-                        advantages: jax.Array) -> jax.Array:
+                        advantages: jax.Array, entropy_weight: float = 0.0) -> jax.Array:
     """The in-context loss of ``K`` tasks' trials: ``x (K, M, L, X)``, actions, advantages ``(K, M, L)``."""
     policy = nnx.merge(graphdef, params, rest)
     flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
-    return trial_loss(policy, flat(x), flat(actions), flat(advantages))
+    return trial_loss(policy, flat(x), flat(actions), flat(advantages), entropy_weight)
 
 
 def adapt(graphdef: nnx.GraphDef, params: Params, rest: nnx.State, x: jax.Array, actions: jax.Array,
@@ -153,18 +168,19 @@ def adapt(graphdef: nnx.GraphDef, params: Params, rest: nnx.State, x: jax.Array,
 
 
 def combined_objective(graphdef: nnx.GraphDef, params: Params, rest: nnx.State, pre: tuple, post: tuple,
-                       inner_lr: float, steps: int) -> jax.Array:
+                       inner_lr: float, steps: int, entropy_weight: float = 0.0) -> jax.Array:
     """Pre-adaptation trial loss plus the post-adaptation trial loss after ``steps`` inner steps per task.
 
     ``pre`` and ``post`` are ``(x (K, M, L, X), actions, advantages (K, M, L))``; the inner step of task
-    ``k`` uses ``pre[.][k]`` and its loss is measured on ``post[.][k]``.
+    ``k`` uses ``pre[.][k]`` and its loss is measured on ``post[.][k]``. The entropy bonus enters both
+    outer terms, not the inner step.
     """
-    pre_loss = incontext_objective(graphdef, params, rest, *pre)
+    pre_loss = incontext_objective(graphdef, params, rest, *pre, entropy_weight)
 
     def post_loss(x: jax.Array, actions: jax.Array, adv: jax.Array, q_x: jax.Array, q_actions: jax.Array,
                   q_adv: jax.Array) -> jax.Array:
         adapted = adapt(graphdef, params, rest, x, actions, adv, inner_lr, steps)
-        return trial_loss(nnx.merge(graphdef, adapted, rest), q_x, q_actions, q_adv)
+        return trial_loss(nnx.merge(graphdef, adapted, rest), q_x, q_actions, q_adv, entropy_weight)
 
     return pre_loss + jax.vmap(post_loss)(*pre, *post).mean()
 
@@ -282,14 +298,15 @@ class InContextRL:
         pre = (x, actions, self.advantages(stacked, x, rewards))
         post_return = jnp.zeros((), rewards.dtype)
         if cfg.objective == "incontext":
-            loss, grads = jax.value_and_grad(incontext_objective, argnums=1)(self.graphdef, params, self.rest, *pre)
+            loss, grads = jax.value_and_grad(incontext_objective, argnums=1)(self.graphdef, params, self.rest, *pre,
+                                                                             cfg.entropy)
         else:
             adapted = jax.vmap(lambda *a: adapt(self.graphdef, params, self.rest, *a, self.inner_lr,
                                                 self.num_inner_steps))(*pre)
             q_x, q_actions, q_rewards = self.rollouts(adapted, tasks, key_post, cfg.trials_per_task, cfg.episodes)
             post = (q_x, q_actions, self.advantages(adapted, q_x, q_rewards))
             loss, grads = jax.value_and_grad(combined_objective, argnums=1)(
-                self.graphdef, params, self.rest, pre, post, self.inner_lr, self.num_inner_steps)
+                self.graphdef, params, self.rest, pre, post, self.inner_lr, self.num_inner_steps, cfg.entropy)
             post_return = q_rewards.sum(-1).mean()
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
@@ -359,6 +376,6 @@ def episode_returns(rewards: np.ndarray, horizon: int) -> np.ndarray:
     return rewards.reshape(*rewards.shape[:-1], rewards.shape[-1] // horizon, horizon).sum(-1)
 
 
-__all__ = ["InContextPolicy", "InContextRL", "adapt", "combined_objective", "discounted_returns",
+__all__ = ["InContextPolicy", "InContextRL", "adapt", "combined_objective", "discounted_returns", "entropy",
            "episode_returns", "incontext_objective", "state_values", "trial_advantages", "trial_loss",
            "trial_rollout"]

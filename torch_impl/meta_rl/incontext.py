@@ -17,6 +17,8 @@ combined objective) and a clipped Adam step. Shapes: ``K`` tasks, ``M`` trials p
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -142,18 +144,31 @@ def trial_advantages(hidden: torch.Tensor, x: torch.Tensor, rewards: torch.Tenso
 
 
 # ------------------------------------------------------------------------- losses
+def entropy(dist_params: torch.Tensor, discrete: bool) -> torch.Tensor:
+    """The entropy of each step's action distribution, ``(...)``: categorical logits or ``[mean, log_std]``."""
+    if discrete:
+        logp = torch.log_softmax(dist_params, -1)
+        return -(logp.exp() * logp).sum(-1)
+    _, log_std = dist_params.chunk(2, dim=-1)
+    return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+
+
 def trial_loss(policy: nn.Module, params: Params, x: torch.Tensor, actions: torch.Tensor,
-               advantages: torch.Tensor) -> torch.Tensor:
-    """REINFORCE surrogate ``-mean(log pi(a_t | x_<=t) A_t)`` over trials ``x (N, L, X)`` from zero state."""
+               advantages: torch.Tensor, entropy_weight: float = 0.0) -> torch.Tensor:
+    """REINFORCE surrogate ``-mean(log pi(a_t | x_<=t) A_t)`` over trials ``x (N, L, X)`` from zero state,
+    less ``entropy_weight`` times the mean entropy."""
     dist, _ = functional_call(policy, params, (x,))
-    return -(log_prob(dist, actions) * advantages).mean()
+    loss = -(log_prob(dist, actions) * advantages).mean()
+    if entropy_weight:
+        loss = loss - entropy_weight * entropy(dist, policy.discrete).mean()
+    return loss
 
 
 def incontext_objective(policy: nn.Module, params: Params, x: torch.Tensor, actions: torch.Tensor,
-                        advantages: torch.Tensor) -> torch.Tensor:
+                        advantages: torch.Tensor, entropy_weight: float = 0.0) -> torch.Tensor:
     """The in-context loss of ``K`` tasks' trials: ``x (K, M, L, X)``, actions, advantages ``(K, M, L)``."""
     flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
-    return trial_loss(policy, params, flat(x), flat(actions), flat(advantages))
+    return trial_loss(policy, params, flat(x), flat(actions), flat(advantages), entropy_weight)
 
 
 def adapt(policy: nn.Module, params: Params, x: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor,
@@ -167,18 +182,19 @@ def adapt(policy: nn.Module, params: Params, x: torch.Tensor, actions: torch.Ten
 
 
 def combined_objective(policy: nn.Module, params: Params, pre: tuple, post: tuple, inner_lr: float,
-                       steps: int) -> torch.Tensor:
+                       steps: int, entropy_weight: float = 0.0) -> torch.Tensor:
     """Pre-adaptation trial loss plus the post-adaptation trial loss after ``steps`` inner steps per task.
 
     ``pre`` and ``post`` are ``(x (K, M, L, X), actions, advantages (K, M, L))``; the inner step of task
-    ``k`` uses ``pre[.][k]`` and its loss is measured on ``post[.][k]``.
+    ``k`` uses ``pre[.][k]`` and its loss is measured on ``post[.][k]``. The entropy bonus enters both
+    outer terms, not the inner step.
     """
-    pre_loss = incontext_objective(policy, params, *pre)
+    pre_loss = incontext_objective(policy, params, *pre, entropy_weight)
 
     def post_loss(x: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor, q_x: torch.Tensor,
                   q_actions: torch.Tensor, q_adv: torch.Tensor) -> torch.Tensor:
         adapted = adapt(policy, params, x, actions, adv, inner_lr, steps)
-        return trial_loss(policy, adapted, q_x, q_actions, q_adv)
+        return trial_loss(policy, adapted, q_x, q_actions, q_adv, entropy_weight)
 
     return pre_loss + vmap(post_loss)(*pre, *post).mean()
 
@@ -331,7 +347,7 @@ class InContextRL:
         live = dict(self.policy.named_parameters())
         local = lambda data: tuple(a[mine] for a in data)  # noqa: E731
         if cfg.objective == "incontext":
-            loss = incontext_objective(self.policy, live, *local(pre))
+            loss = incontext_objective(self.policy, live, *local(pre), cfg.entropy)
         else:
             noise = trial_noise(self.distribution, generator, n, cfg.trials_per_task, length, self.dtype)
             adapted = vmap(lambda *a: adapt(self.policy, params, *a, self.inner_lr, self.num_inner_steps))(
@@ -343,7 +359,7 @@ class InContextRL:
             every_adapted = {name: shards.gather(p, n) for name, p in adapted.items()}
             post = (q_x, q_actions, self.advantages(every_adapted, q_x, q_rewards))
             loss = combined_objective(self.policy, live, local(pre), local(post), self.inner_lr,
-                                      self.num_inner_steps)
+                                      self.num_inner_steps, cfg.entropy)
             post_return = q_rewards.sum(-1).mean()
         share = n_mine / n  # this rank's tasks' weight in the mean over all tasks
         grads = torch.autograd.grad(loss * share, list(live.values()))
