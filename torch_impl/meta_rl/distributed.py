@@ -224,8 +224,9 @@ class TaskShards:
     (each call the identity), so one code path serves one process and many.
 
     Args:
+        rank: this process's rank in ``[0, world_size)`` (:meth:`from_process_group` reads it from the group).
+        world_size: the number of ranks sharing each meta-batch.
         group: the process group to split over (with ``world_size > 1``; default: the world).
-        rank, world_size: this process's place; :meth:`from_process_group` reads both from the group.
     """
 
     def __init__(self, rank: int = 0, world_size: int = 1, group: Any = None) -> None:
