@@ -158,3 +158,19 @@ def test_task_shards_of_one_process_hold_every_task_and_refuse_a_bad_place() -> 
         TaskShards(2, 2)
     with pytest.raises(ValueError, match="initialised process group"):
         TaskShards.from_process_group()
+
+
+def test_an_incontext_meta_batch_smaller_than_the_ranks_is_refused_before_any_compute() -> None:
+    import torch
+
+    from shared.incontext import TrialConfig
+    from torch_impl.meta_rl import incontext as torch_ic
+    from torch_impl.meta_rl.distributed import TaskShards
+
+    dist = MetaEnvironment("bandit").distribution
+    policy = torch_ic.InContextPolicy(dist.obs_dim, dist.action_dim, dist.discrete, 4, 8, "cpu")
+    trainer = torch_ic.InContextRL(policy, dist, TrialConfig(episodes=1), shards=TaskShards(0, 4))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    with pytest.raises(ValueError, match="2 tasks over 4 ranks; each rank needs at least one task"):
+        trainer.iteration(dist.sample(2, np.random.default_rng(0)), torch.Generator().manual_seed(0))
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
