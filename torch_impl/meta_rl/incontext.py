@@ -314,12 +314,26 @@ class InContextRL:
 
     def advantages(self, params: Params, x: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
         """Advantages of ``K`` tasks' trials, each task's hidden states from its own stacked ``params``."""
+        return self._advantages_of(self._hidden(params, x), x, rewards)
+
+    @torch.no_grad()
+    def _hidden(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """The SSM's states over ``K`` tasks' trials ``x (K, M, L, X)``, ``(K, M, L, S)``."""
+        return vmap(lambda p, xi: functional_call(self.policy, p, (xi,), {"hidden_only": True}))(params, x)
+
+    @torch.no_grad()
+    def _advantages_of(self, hidden: torch.Tensor, x: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
         k, m = rewards.shape[:2]
-        with torch.no_grad():
-            hidden = vmap(lambda p, xi: functional_call(self.policy, p, (xi,), {"hidden_only": True}))(params, x)
-            flat = lambda a: a.reshape(k * m, *a.shape[2:])  # noqa: E731
-            adv = trial_advantages(flat(hidden), flat(x), flat(rewards), self.config.discount, self.config.baseline)
+        flat = lambda a: a.reshape(k * m, *a.shape[2:])  # noqa: E731
+        adv = trial_advantages(flat(hidden), flat(x), flat(rewards), self.config.discount, self.config.baseline)
         return adv.reshape(k, m, -1)
+
+    def _batch_advantages(self, params: Params, x: torch.Tensor, rewards: torch.Tensor, n: int) -> tuple:
+        """This rank's trials (``params``, ``x``, ``rewards`` of its own tasks, stacked per task): every rank's
+        rewards ``(n, M, L)``, and this rank's advantages, normalised over the trials of all ``n`` tasks."""
+        mine = self.shards.mine(n)
+        hidden, every_x, every_reward = (self.shards.gather(t, n) for t in (self._hidden(params, x), x, rewards))
+        return every_reward, self._advantages_of(hidden, every_x, every_reward)[mine]
 
     def iteration(self, tasks: list[Task], generator: torch.Generator) -> dict[str, float]:
         """One meta-iteration on ``tasks``: rollouts, advantages, loss, clipped Adam step.
@@ -334,33 +348,30 @@ class InContextRL:
                              "at least one task (raise the meta-batch or lower --nproc_per_node)")
         mine = shards.mine(n)
         n_mine = mine.stop - mine.start
-        task_t = task_tensor(self.distribution, tasks, self.dtype)
+        task_t = task_tensor(self.distribution, tasks, self.dtype)[mine]
         length = cfg.episodes * self.distribution.horizon
         params = self._params()
-        stacked = self._stack(params, n)
-        noise = trial_noise(self.distribution, generator, n, cfg.trials_per_task, length, self.dtype)
-        x, actions, rewards = (shards.gather(t, n) for t in trial_rollout(
-            self.policy, self._stack(params, n_mine), self.distribution, task_t[mine],
-            slice_noise(noise, mine), cfg.trials_per_task, cfg.episodes))
-        pre = (x, actions, self.advantages(stacked, x, rewards))
+        stacked = self._stack(params, n_mine)
+        noise = slice_noise(trial_noise(self.distribution, generator, n, cfg.trials_per_task, length, self.dtype), mine)
+        x, actions, rewards = trial_rollout(self.policy, stacked, self.distribution, task_t, noise,
+                                            cfg.trials_per_task, cfg.episodes)
+        every_reward, adv = self._batch_advantages(stacked, x, rewards, n)
+        pre = (x, actions, adv)
         post_return = torch.zeros((), dtype=self.dtype)
         live = dict(self.policy.named_parameters())
-        local = lambda data: tuple(a[mine] for a in data)  # noqa: E731
         if cfg.objective == "incontext":
-            loss = incontext_objective(self.policy, live, *local(pre), cfg.entropy)
+            loss = incontext_objective(self.policy, live, *pre, cfg.entropy)
         else:
-            noise = trial_noise(self.distribution, generator, n, cfg.trials_per_task, length, self.dtype)
-            adapted = vmap(lambda *a: adapt(self.policy, params, *a, self.inner_lr, self.num_inner_steps))(
-                *local(pre))
+            noise = slice_noise(trial_noise(self.distribution, generator, n, cfg.trials_per_task, length,
+                                            self.dtype), mine)
+            adapted = vmap(lambda *a: adapt(self.policy, params, *a, self.inner_lr, self.num_inner_steps))(*pre)
             adapted = {name: p.detach() for name, p in adapted.items()}
-            q_x, q_actions, q_rewards = (shards.gather(t, n) for t in trial_rollout(
-                self.policy, adapted, self.distribution, task_t[mine], slice_noise(noise, mine),
-                cfg.trials_per_task, cfg.episodes))
-            every_adapted = {name: shards.gather(p, n) for name, p in adapted.items()}
-            post = (q_x, q_actions, self.advantages(every_adapted, q_x, q_rewards))
-            loss = combined_objective(self.policy, live, local(pre), local(post), self.inner_lr,
+            q_x, q_actions, q_rewards = trial_rollout(self.policy, adapted, self.distribution, task_t, noise,
+                                                      cfg.trials_per_task, cfg.episodes)
+            every_q_reward, q_adv = self._batch_advantages(adapted, q_x, q_rewards, n)
+            loss = combined_objective(self.policy, live, pre, (q_x, q_actions, q_adv), self.inner_lr,
                                       self.num_inner_steps, cfg.entropy)
-            post_return = q_rewards.sum(-1).mean()
+            post_return = every_q_reward.sum(-1).mean()
         share = n_mine / n  # this rank's tasks' weight in the mean over all tasks
         grads = torch.autograd.grad(loss * share, list(live.values()))
         loss, *grads = shards.sum([(loss * share).detach(), *grads])
@@ -372,7 +383,8 @@ class InContextRL:
             nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": float(loss), "pre_return": float(rewards.sum(-1).mean()), "post_return": float(post_return)}
+        return {"loss": float(loss), "pre_return": float(every_reward.sum(-1).mean()),
+                "post_return": float(post_return)}
 
     # ----------------------------------------------------------------- canonical state (resume, checkpoints)
     backend = "torch"
