@@ -229,10 +229,13 @@ def adapter_loss(model: nnx.Module, batch: tuple[jax.Array, tuple]) -> jax.Array
     return policy_gradient_loss(model(batch[0]), batch[1])
 
 
+def _is_adam(node: Any) -> bool:
+    return isinstance(node, optax.ScaleByAdamState)
+
+
 def _adam(opt_state: Any) -> optax.ScaleByAdamState:
     """optax's ``ScaleByAdamState`` inside an optimizer state (a chain of transforms, or Adam alone)."""
-    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
-    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_adam) if is_adam(x)]
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_adam) if _is_adam(x)]
     if not found:
         raise ValueError("the outer optimizer state has no Adam moments (expected optax.adam's ScaleByAdamState)")
     return found[0]
@@ -265,5 +268,4 @@ def load_canonical_adam_state(opt_state: Any, state: dict[str, np.ndarray]) -> A
         nnx.replace_by_pure_dict(moment, jax.tree.map(jnp.asarray, torch_to_flax(values)))
         moments.append(moment)
     new = adam._replace(count=jnp.asarray(int(state[ADAM_STEP]), adam.count.dtype), mu=moments[0], nu=moments[1])
-    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
-    return jax.tree.map(lambda x: new if is_adam(x) else x, opt_state, is_leaf=is_adam)
+    return jax.tree.map(lambda x: new if _is_adam(x) else x, opt_state, is_leaf=_is_adam)
